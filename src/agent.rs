@@ -1,0 +1,128 @@
+//! Wiring: turns a [`Config`] into a running agent. Shared by `main` and the
+//! tests so both start the agent the same way.
+
+use crate::{
+    api::{self, Listeners, SegmentAgentService},
+    config::{Config, ConfigError},
+    host::HostFacts,
+    hypervisor::{libvirt::Libvirt, Hypervisor},
+    images::ImageStore,
+    network::SegmentNetwork,
+    pool::AddressPool,
+    segment::{
+        registry::{Capacity, Registry},
+        spec::ImageName,
+        Backends, SegmentManager, Settings,
+    },
+    storage::{OverlayStorage, SegmentStorage},
+};
+use std::{future::Future, sync::Arc, time::Duration};
+use tonic_health::{server::HealthReporter, ServingStatus};
+use tracing::{info, warn};
+
+/// The lifecycle settings of a configuration.
+pub fn settings(config: &Config) -> Result<Settings, ConfigError> {
+    Ok(Settings {
+        flavor: config.flavor.limits(),
+        default_image: ImageName::parse(&config.default_image).map_err(|e| {
+            ConfigError::Invalid {
+                key: "default_image",
+                reason: e.reason,
+            }
+        })?,
+        network: SegmentNetwork {
+            bridge: config.network.bridge.clone(),
+            prefix: config.network.prefix,
+            gateway: config.network.gateway,
+        },
+        cpu_period_us: config.lifecycle.cpu_period_us,
+        stop_timeout: config.lifecycle.stop_timeout(),
+        apparmor_profile: None,
+    })
+}
+
+/// The registry of a configuration on a host: address pool and limits.
+pub fn registry(config: &Config, host: &HostFacts) -> Result<Registry, ConfigError> {
+    let c = &config.capacity;
+    let usable = host.memory_mib.saturating_sub(c.reserved_memory_mib) as f64;
+    let capacity = Capacity {
+        max_segments: c.max_segments,
+        allocatable_memory_mib: (usable * c.memory_overcommit_ratio) as u64,
+    };
+    Ok(Registry::new(
+        AddressPool::from_config(&config.network)?,
+        capacity,
+    ))
+}
+
+/// The real backends of a configuration: libvirt, overlayfs, images.
+pub fn real_backends(config: &Config) -> Backends {
+    Backends {
+        hypervisor: Arc::new(Libvirt::new(&config.libvirt_uri)) as Arc<dyn Hypervisor>,
+        storage: Arc::new(OverlayStorage::new(config.state_dir.join("segments")))
+            as Arc<dyn SegmentStorage>,
+        images: ImageStore::new(config.state_dir.join("images")),
+    }
+}
+
+/// Recovers from libvirt, retrying while libvirtd is unavailable.
+pub async fn recover_when_available(manager: &SegmentManager) -> Result<(), crate::segment::Error> {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match manager.recover().await {
+            Ok(_) => return Ok(()),
+            Err(crate::segment::Error::Unavailable(reason)) => {
+                warn!(%reason, ?delay, "libvirtd unavailable; waiting before recovery");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Keeps `grpc.health.v1` in step with libvirt reachability.
+pub async fn follow_libvirt_health(
+    manager: Arc<SegmentManager>,
+    reporter: HealthReporter,
+    every: Duration,
+) {
+    let mut last = None;
+    loop {
+        let up = manager.hypervisor_version().await.is_ok();
+        if last != Some(up) {
+            let status = if up {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            reporter.set_service_status("", status).await;
+            reporter
+                .set_service_status("segment.agent.v1.SegmentAgent", status)
+                .await;
+            info!(libvirt_reachable = up, "health status changed");
+            last = Some(up);
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// Serves `manager` on `listeners` until `shutdown`; `ready` runs once the
+/// listeners accept connections.
+pub async fn serve(
+    manager: Arc<SegmentManager>,
+    host: HostFacts,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), api::server::ListenError> {
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let follower = tokio::spawn(follow_libvirt_health(
+        manager.clone(),
+        reporter.clone(),
+        Duration::from_secs(5),
+    ));
+    let service = SegmentAgentService::new(manager, host);
+    let result = api::serve(listeners, service, health_service, shutdown).await;
+    follower.abort();
+    result
+}

@@ -1,0 +1,11 @@
+//! The gRPC transport: thin handlers that convert requests into domain
+//! values, call one [`SegmentManager`](crate::segment::SegmentManager)
+//! method, and convert back. No libvirt, nix or filesystem calls here.
+
+pub mod convert;
+pub mod segments;
+pub mod server;
+pub mod status;
+
+pub use segments::SegmentAgentService;
+pub use server::{serve, Listeners};

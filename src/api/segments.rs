@@ -1,0 +1,95 @@
+//! `segment.agent.v1.SegmentAgent`: each handler converts, calls one
+//! domain method and converts back.
+
+use super::convert;
+use crate::{
+    host::HostFacts,
+    proto::agent::{self as pb, segment_agent_server::SegmentAgent},
+    segment::SegmentManager,
+};
+use std::{sync::Arc, time::Duration};
+use tonic::{Request, Response, Status};
+
+/// The agent's gRPC service.
+pub struct SegmentAgentService {
+    manager: Arc<SegmentManager>,
+    host: HostFacts,
+}
+
+impl SegmentAgentService {
+    /// A service over `manager` on the host described by `host`.
+    pub fn new(manager: Arc<SegmentManager>, host: HostFacts) -> Self {
+        Self { manager, host }
+    }
+}
+
+type Reply<T> = Result<Response<T>, Status>;
+
+#[tonic::async_trait]
+impl SegmentAgent for SegmentAgentService {
+    async fn create_segment(
+        &self,
+        request: Request<pb::CreateSegmentRequest>,
+    ) -> Reply<pb::Segment> {
+        let req = convert::create_request(request.into_inner(), self.manager.settings())?;
+        let segment = self.manager.create(req).await?;
+        Ok(Response::new(segment.into()))
+    }
+
+    async fn get_segment(&self, request: Request<pb::GetSegmentRequest>) -> Reply<pb::Segment> {
+        let id = convert::segment_id(&request.into_inner().segment_id)?;
+        Ok(Response::new(self.manager.get(&id).await?.into()))
+    }
+
+    async fn list_segments(
+        &self,
+        request: Request<pb::ListSegmentsRequest>,
+    ) -> Reply<pb::ListSegmentsResponse> {
+        let cluster = convert::cluster_filter(&request.into_inner().cluster_id)?;
+        let segments = self.manager.list(cluster.as_ref()).await?;
+        Ok(Response::new(pb::ListSegmentsResponse {
+            segments: segments.into_iter().map(Into::into).collect(),
+        }))
+    }
+
+    async fn delete_segment(
+        &self,
+        request: Request<pb::DeleteSegmentRequest>,
+    ) -> Reply<pb::DeleteSegmentResponse> {
+        let id = convert::segment_id(&request.into_inner().segment_id)?;
+        self.manager.delete(&id).await?;
+        Ok(Response::new(pb::DeleteSegmentResponse {}))
+    }
+
+    async fn start_segment(&self, request: Request<pb::StartSegmentRequest>) -> Reply<pb::Segment> {
+        let id = convert::segment_id(&request.into_inner().segment_id)?;
+        Ok(Response::new(self.manager.start(&id).await?.into()))
+    }
+
+    async fn stop_segment(&self, request: Request<pb::StopSegmentRequest>) -> Reply<pb::Segment> {
+        let req = request.into_inner();
+        let id = convert::segment_id(&req.segment_id)?;
+        let timeout =
+            (req.timeout_seconds > 0).then(|| Duration::from_secs(req.timeout_seconds.into()));
+        Ok(Response::new(self.manager.stop(&id, timeout).await?.into()))
+    }
+
+    async fn get_host(&self, _request: Request<pb::GetHostRequest>) -> Reply<pb::Host> {
+        let libvirt_version = self.manager.hypervisor_version().await?.libvirt;
+        let (usage, capacity) = self.manager.usage();
+        Ok(Response::new(pb::Host {
+            host_id: self.host.host_id.clone(),
+            cpus: self.host.cpus,
+            memory_mib: self.host.memory_mib,
+            segment_capacity: capacity.max_segments,
+            segments_used: usage.segments,
+            memory_allocatable_mib: capacity.allocatable_memory_mib,
+            memory_allocated_mib: usage.memory_mib,
+            address_pool_size: usage.pool_size,
+            address_pool_free: usage.pool_free,
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+            libvirt_version,
+            default_image: self.manager.settings().default_image.to_string(),
+        }))
+    }
+}

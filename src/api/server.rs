@@ -1,0 +1,169 @@
+//! The gRPC server: the agent's service plus server reflection and
+//! `grpc.health.v1`, on a unix socket (mode 0600) and, when configured, TCP
+//! with mutual TLS (plaintext only on loopback).
+
+use super::SegmentAgentService;
+use crate::{config::ListenConfig, proto};
+use std::{
+    future::Future,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+};
+use tokio::net::{TcpListener, UnixListener};
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic_health::pb::health_server::{Health, HealthServer};
+
+/// Setting up a listener failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    /// Socket or file I/O.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// Path or address.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// TLS set-up or serving.
+    #[error("gRPC transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// Reflection set-up.
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+fn io(what: &'static str, path: impl Into<String>) -> impl FnOnce(std::io::Error) -> ListenError {
+    let path = path.into();
+    move |source| ListenError::Io { what, path, source }
+}
+
+/// Bound listeners, ready to serve.
+pub struct Listeners {
+    unix: Option<(UnixListener, PathBuf)>,
+    tcp: Option<(TcpListener, Option<ServerTlsConfig>)>,
+}
+
+impl Listeners {
+    /// Binds what `config` asks for. A stale socket file is replaced.
+    pub async fn bind(config: &ListenConfig) -> Result<Self, ListenError> {
+        let unix = if config.socket.as_os_str().is_empty() {
+            None
+        } else {
+            Some((bind_unix(&config.socket)?, config.socket.clone()))
+        };
+        let tcp = match config.tcp {
+            None => None,
+            Some(addr) => {
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .map_err(io("bind", addr.to_string()))?;
+                Some((listener, tls_config(config)?))
+            }
+        };
+        Ok(Self { unix, tcp })
+    }
+
+    /// The TCP address actually bound (for tests that ask for port 0).
+    pub fn tcp_addr(&self) -> Option<std::net::SocketAddr> {
+        self.tcp.as_ref().and_then(|(l, _)| l.local_addr().ok())
+    }
+}
+
+fn bind_unix(path: &Path) -> Result<UnixListener, ListenError> {
+    let shown = path.display().to_string();
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io("create", dir.display().to_string()))?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io("remove stale socket", shown)(e)),
+    }
+    let listener = UnixListener::bind(path).map_err(io("bind", shown.clone()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(io("chmod", shown))?;
+    Ok(listener)
+}
+
+fn tls_config(config: &ListenConfig) -> Result<Option<ServerTlsConfig>, ListenError> {
+    let (Some(cert), Some(key), Some(ca)) =
+        (&config.tls_cert, &config.tls_key, &config.tls_client_ca)
+    else {
+        return Ok(None);
+    };
+    let read = |p: &PathBuf| std::fs::read(p).map_err(io("read", p.display().to_string()));
+    let tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(read(cert)?, read(key)?))
+        .client_ca_root(Certificate::from_pem(read(ca)?));
+    Ok(Some(tls))
+}
+
+/// Serves the API on every listener until `shutdown` resolves.
+pub async fn serve(
+    listeners: Listeners,
+    service: SegmentAgentService,
+    health_service: HealthServer<impl Health>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ListenError> {
+    let agent = proto::agent::segment_agent_server::SegmentAgentServer::new(service);
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
+    let mut tasks = tokio::task::JoinSet::new();
+    let make_router = |tls: Option<ServerTlsConfig>| -> Result<_, ListenError> {
+        let mut builder = Server::builder();
+        if let Some(tls) = tls {
+            builder = builder.tls_config(tls)?;
+        }
+        Ok(builder
+            .add_service(health_service.clone())
+            .add_service(reflection.clone())
+            .add_service(reflection_alpha.clone())
+            .add_service(agent.clone()))
+    };
+    if let Some((listener, path)) = listeners.unix {
+        let router = make_router(None)?;
+        let mut stop = stop_tx.subscribe();
+        tasks.spawn(async move {
+            let r = router
+                .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
+                    let _ = stop.recv().await;
+                })
+                .await;
+            let _ = std::fs::remove_file(path);
+            r
+        });
+    }
+    if let Some((listener, tls)) = listeners.tcp {
+        let router = make_router(tls)?;
+        let mut stop = stop_tx.subscribe();
+        tasks.spawn(async move {
+            router
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                    let _ = stop.recv().await;
+                })
+                .await
+        });
+    }
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(());
+    });
+    while let Some(done) = tasks.join_next().await {
+        done.map_err(|e| ListenError::Io {
+            what: "serve",
+            path: "listener task".into(),
+            source: std::io::Error::other(e),
+        })??;
+    }
+    Ok(())
+}

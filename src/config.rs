@@ -1,0 +1,406 @@
+//! The agent's configuration: one TOML file, unknown keys rejected, every
+//! field defaulted, checked by [`Config::validate`] before anything starts.
+
+use crate::segment::spec::{FlavorLimits, ImageName};
+use serde::Deserialize;
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema (unknown keys included).
+    #[error("invalid configuration {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: Box<toml::de::Error>,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("invalid configuration: {key}: {reason}")]
+    Invalid {
+        /// The offending key.
+        key: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        reason: reason.into(),
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// This host's id in reports; empty: the hostname.
+    pub host_id: String,
+    /// libvirt connection URI.
+    pub libvirt_uri: String,
+    /// Where images and segment filesystems live.
+    pub state_dir: PathBuf,
+    /// Image used when a request names none.
+    pub default_image: String,
+    /// API listeners.
+    pub listen: ListenConfig,
+    /// Segment addressing.
+    pub network: NetworkConfig,
+    /// Flavor defaults and bounds.
+    pub flavor: FlavorConfig,
+    /// Admission limits.
+    pub capacity: CapacityConfig,
+    /// Segment lifecycle timing.
+    pub lifecycle: LifecycleConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            host_id: String::new(),
+            libvirt_uri: "lxc:///".into(),
+            state_dir: "/var/lib/segment-agent".into(),
+            default_image: "docker".into(),
+            listen: ListenConfig::default(),
+            network: NetworkConfig::default(),
+            flavor: FlavorConfig::default(),
+            capacity: CapacityConfig::default(),
+            lifecycle: LifecycleConfig::default(),
+        }
+    }
+}
+
+/// Where the gRPC API listens.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenConfig {
+    /// Unix socket (mode 0600); empty disables it.
+    pub socket: PathBuf,
+    /// Optional TCP address; needs the TLS files unless it is loopback.
+    pub tcp: Option<SocketAddr>,
+    /// Server certificate (PEM) for TCP.
+    pub tls_cert: Option<PathBuf>,
+    /// Server key (PEM) for TCP.
+    pub tls_key: Option<PathBuf>,
+    /// CA that client certificates must chain to.
+    pub tls_client_ca: Option<PathBuf>,
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        Self {
+            socket: "/run/segment-agent/agent.sock".into(),
+            tcp: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+        }
+    }
+}
+
+/// How segments are addressed.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkConfig {
+    /// Host bridge that segments attach to.
+    pub bridge: String,
+    /// Prefix length of the segments' network.
+    pub prefix: u8,
+    /// Default gateway of segments.
+    pub gateway: Ipv4Addr,
+    /// Address ranges, `"FIRST-LAST"` or a single address.
+    pub ranges: Vec<String>,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        Self {
+            bridge: "segbr0".into(),
+            prefix: 24,
+            gateway: Ipv4Addr::new(203, 0, 113, 1),
+            ranges: vec!["203.0.113.10-203.0.113.200".into()],
+        }
+    }
+}
+
+/// Flavor defaults and bounds.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FlavorConfig {
+    /// Memory of a segment whose request says 0.
+    pub default_memory_mib: u32,
+    /// vCPUs of a segment whose request says 0.
+    pub default_vcpus: u32,
+    /// Smallest memory limit accepted.
+    pub min_memory_mib: u32,
+    /// Largest memory limit accepted.
+    pub max_memory_mib: u32,
+    /// Most vCPUs accepted.
+    pub max_vcpus: u32,
+}
+
+impl Default for FlavorConfig {
+    fn default() -> Self {
+        Self {
+            default_memory_mib: 4096,
+            default_vcpus: 2,
+            min_memory_mib: 128,
+            max_memory_mib: 16384,
+            max_vcpus: 8,
+        }
+    }
+}
+
+impl FlavorConfig {
+    /// The bounds as the segment module uses them.
+    pub fn limits(&self) -> FlavorLimits {
+        FlavorLimits {
+            default_memory_mib: self.default_memory_mib,
+            default_vcpus: self.default_vcpus,
+            min_memory_mib: self.min_memory_mib,
+            max_memory_mib: self.max_memory_mib,
+            max_vcpus: self.max_vcpus,
+        }
+    }
+}
+
+/// Admission limits. Caps are limits, not reservations: memory limits may add
+/// up to more than the host has, by `memory_overcommit_ratio`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CapacityConfig {
+    /// Most segments on this host.
+    pub max_segments: u32,
+    /// Memory kept for the host itself, not counted as allocatable.
+    pub reserved_memory_mib: u64,
+    /// Allocatable memory = (host memory - reserved) x this ratio.
+    pub memory_overcommit_ratio: f64,
+}
+
+impl Default for CapacityConfig {
+    fn default() -> Self {
+        Self {
+            max_segments: 64,
+            reserved_memory_mib: 2048,
+            memory_overcommit_ratio: 1.0,
+        }
+    }
+}
+
+/// Segment lifecycle timing.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LifecycleConfig {
+    /// CFS period in microseconds (quota = vcpus x period).
+    pub cpu_period_us: u64,
+    /// Default wait for a graceful stop before it is forced.
+    pub stop_timeout_seconds: u32,
+}
+
+impl Default for LifecycleConfig {
+    fn default() -> Self {
+        Self {
+            cpu_period_us: 100_000,
+            stop_timeout_seconds: 30,
+        }
+    }
+}
+
+impl LifecycleConfig {
+    /// The default stop timeout.
+    pub fn stop_timeout(&self) -> Duration {
+        Duration::from_secs(self.stop_timeout_seconds.into())
+    }
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|e| match e {
+            ConfigError::Parse { source, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                source,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses and validates configuration text.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::new(),
+            source: Box::new(e),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values and their consistency.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        ImageName::parse(&self.default_image).map_err(|e| invalid("default_image", e.reason))?;
+        if !self.state_dir.is_absolute() {
+            return Err(invalid("state_dir", "must be an absolute path"));
+        }
+        if self.state_dir.to_string_lossy().contains([',', ':']) {
+            // The path goes into overlayfs mount options.
+            return Err(invalid("state_dir", "must not contain ',' or ':'"));
+        }
+        self.validate_listen()?;
+        self.validate_network()?;
+        self.validate_flavor()?;
+        let c = &self.capacity;
+        if !(c.memory_overcommit_ratio.is_finite() && c.memory_overcommit_ratio > 0.0) {
+            return Err(invalid(
+                "capacity.memory_overcommit_ratio",
+                "must be a positive number",
+            ));
+        }
+        if c.max_segments == 0 {
+            return Err(invalid("capacity.max_segments", "must be at least 1"));
+        }
+        if self.lifecycle.cpu_period_us < 1000 || self.lifecycle.cpu_period_us > 1_000_000 {
+            return Err(invalid(
+                "lifecycle.cpu_period_us",
+                "must be within 1000..=1000000",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_listen(&self) -> Result<(), ConfigError> {
+        let l = &self.listen;
+        if l.socket.as_os_str().is_empty() && l.tcp.is_none() {
+            return Err(invalid(
+                "listen",
+                "configure a socket, a tcp address, or both",
+            ));
+        }
+        let tls = [&l.tls_cert, &l.tls_key, &l.tls_client_ca];
+        let given = tls.iter().filter(|f| f.is_some()).count();
+        if given != 0 && given != 3 {
+            return Err(invalid(
+                "listen.tls_cert",
+                "tls_cert, tls_key and tls_client_ca go together (mutual TLS only)",
+            ));
+        }
+        if let Some(addr) = l.tcp {
+            if given == 0 && !addr.ip().is_loopback() {
+                return Err(invalid(
+                    "listen.tcp",
+                    format!("{addr} is not loopback: plaintext TCP is refused, set the TLS files"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_network(&self) -> Result<(), ConfigError> {
+        let n = &self.network;
+        if n.bridge.is_empty() || n.bridge.len() > 15 || n.bridge.contains('/') {
+            return Err(invalid("network.bridge", "must be a Linux interface name"));
+        }
+        if !(1..=30).contains(&n.prefix) {
+            return Err(invalid("network.prefix", "must be within 1..=30"));
+        }
+        crate::pool::AddressPool::from_config(n).map(|_| ())
+    }
+
+    fn validate_flavor(&self) -> Result<(), ConfigError> {
+        let f = &self.flavor;
+        if f.min_memory_mib == 0 || f.min_memory_mib > f.max_memory_mib {
+            return Err(invalid(
+                "flavor.min_memory_mib",
+                "must be within 1..=max_memory_mib",
+            ));
+        }
+        if !(f.min_memory_mib..=f.max_memory_mib).contains(&f.default_memory_mib) {
+            return Err(invalid(
+                "flavor.default_memory_mib",
+                "must lie within the memory bounds",
+            ));
+        }
+        if f.default_vcpus == 0 || f.default_vcpus > f.max_vcpus {
+            return Err(invalid(
+                "flavor.default_vcpus",
+                "must be within 1..=max_vcpus",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.flavor.default_memory_mib, 4096);
+        assert_eq!(c.listen.socket, Path::new("/run/segment-agent/agent.sock"));
+    }
+
+    #[test]
+    fn the_shipped_examples_parse() {
+        for text in [
+            include_str!("../config/agent.toml"),
+            include_str!("../config/dev.toml"),
+        ] {
+            Config::from_toml(text).unwrap();
+        }
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        let cases = [
+            ("colour = 1", "unknown"),
+            ("[network]\nbridj = \"x\"", "unknown"),
+            ("default_image = \"../x\"", "default_image"),
+            ("state_dir = \"relative\"", "state_dir"),
+            ("[listen]\ntcp = \"0.0.0.0:7443\"", "listen.tcp"),
+            (
+                "[listen]\ntcp = \"127.0.0.1:7443\"\ntls_cert = \"/c\"",
+                "listen.tls_cert",
+            ),
+            (
+                "[network]\nranges = [\"203.0.113.20-203.0.113.10\"]",
+                "network.ranges",
+            ),
+            ("[network]\nranges = [\"198.51.100.5\"]", "network.ranges"),
+            ("[network]\nranges = [\"203.0.113.1\"]", "network.ranges"),
+            ("[network]\nprefix = 31", "network.prefix"),
+            ("[flavor]\ndefault_vcpus = 9", "flavor.default_vcpus"),
+            (
+                "[capacity]\nmemory_overcommit_ratio = 0.0",
+                "memory_overcommit_ratio",
+            ),
+            ("[capacity]\nmax_segments = 0", "max_segments"),
+        ];
+        for (text, needle) in cases {
+            let err = Config::from_toml(text).unwrap_err().to_string();
+            assert!(err.contains(needle), "{text:?}: {err}");
+        }
+        let ok = "[listen]\ntcp = \"127.0.0.1:7443\"";
+        Config::from_toml(ok).unwrap();
+    }
+}

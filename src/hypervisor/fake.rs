@@ -1,0 +1,197 @@
+//! An in-memory hypervisor for fast tests: domains are XML strings, and
+//! failures can be injected per operation.
+
+use super::{DomainEntry, HvError, Hypervisor, HypervisorVersion};
+use crate::{segment::spec::DOMAIN_PREFIX, xml::metadata};
+use std::{
+    collections::{BTreeMap, HashSet},
+    sync::Mutex,
+};
+
+#[derive(Debug, Default)]
+struct State {
+    domains: BTreeMap<String, FakeDomain>,
+    fail: HashSet<&'static str>,
+    down: bool,
+    calls: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+struct FakeDomain {
+    xml: String,
+    record_xml: Option<String>,
+    running: bool,
+}
+
+/// A hypervisor that keeps domains in memory.
+#[derive(Debug, Default)]
+pub struct FakeHypervisor {
+    state: Mutex<State>,
+}
+
+fn domain_name(xml: &str) -> Option<String> {
+    let start = xml.find("<name>")? + "<name>".len();
+    let end = xml[start..].find("</name>")? + start;
+    Some(xml[start..end].to_owned())
+}
+
+impl FakeHypervisor {
+    /// An empty fake.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Makes every later call of `op` ("define", "start", ...) fail.
+    pub fn fail_on(&self, op: &'static str) {
+        self.state.lock().unwrap().fail.insert(op);
+    }
+
+    /// Simulates libvirtd going down (true) or coming back (false).
+    pub fn set_down(&self, down: bool) {
+        self.state.lock().unwrap().down = down;
+    }
+
+    /// The operations called so far, as "op name".
+    pub fn calls(&self) -> Vec<String> {
+        self.state.lock().unwrap().calls.clone()
+    }
+
+    /// The current XML of a domain.
+    pub fn domain_xml(&self, name: &str) -> Option<String> {
+        self.state
+            .lock()
+            .unwrap()
+            .domains
+            .get(name)
+            .map(|d| d.xml.clone())
+    }
+
+    /// Stops a domain behind the agent's back (as a crash would).
+    pub fn crash(&self, name: &str) {
+        if let Some(d) = self.state.lock().unwrap().domains.get_mut(name) {
+            d.running = false;
+        }
+    }
+
+    fn with<T>(
+        &self,
+        op: &'static str,
+        name: &str,
+        f: impl FnOnce(&mut State) -> Result<T, HvError>,
+    ) -> Result<T, HvError> {
+        let mut s = self.state.lock().unwrap();
+        if s.down {
+            return Err(HvError::Unavailable("fake libvirtd is down".into()));
+        }
+        s.calls.push(format!("{op} {name}"));
+        if s.fail.contains(op) {
+            return Err(HvError::Failed {
+                op,
+                name: name.to_owned(),
+                message: "injected failure".into(),
+            });
+        }
+        f(&mut s)
+    }
+
+    fn domain<'a>(s: &'a mut State, name: &str) -> Result<&'a mut FakeDomain, HvError> {
+        s.domains
+            .get_mut(name)
+            .ok_or_else(|| HvError::NoDomain(name.to_owned()))
+    }
+}
+
+impl Hypervisor for FakeHypervisor {
+    fn list_segments(&self) -> Result<Vec<DomainEntry>, HvError> {
+        self.with("list", "host", |s| {
+            Ok(s.domains
+                .iter()
+                .filter(|(n, _)| n.starts_with(DOMAIN_PREFIX))
+                .map(|(name, d)| DomainEntry {
+                    name: name.clone(),
+                    running: d.running,
+                    record: metadata::parse_record(d.record_xml.as_deref().unwrap_or(&d.xml)),
+                })
+                .collect())
+        })
+    }
+
+    fn running(&self) -> Result<HashSet<String>, HvError> {
+        self.with("running", "host", |s| {
+            Ok(s.domains
+                .iter()
+                .filter(|(_, d)| d.running)
+                .map(|(n, _)| n.clone())
+                .collect())
+        })
+    }
+
+    fn is_running(&self, name: &str) -> Result<bool, HvError> {
+        self.with("is_running", name, |s| Ok(Self::domain(s, name)?.running))
+    }
+
+    fn define(&self, xml: &str) -> Result<(), HvError> {
+        let name = domain_name(xml).unwrap_or_default();
+        self.with("define", &name.clone(), |s| {
+            let running = s.domains.get(&name).is_some_and(|d| d.running);
+            let d = FakeDomain {
+                xml: xml.to_owned(),
+                record_xml: None,
+                running,
+            };
+            s.domains.insert(name, d);
+            Ok(())
+        })
+    }
+
+    fn start(&self, name: &str) -> Result<(), HvError> {
+        self.with("start", name, |s| {
+            let d = Self::domain(s, name)?;
+            if d.running {
+                return Err(HvError::Failed {
+                    op: "start",
+                    name: name.to_owned(),
+                    message: "domain is already running".into(),
+                });
+            }
+            d.running = true;
+            Ok(())
+        })
+    }
+
+    fn shutdown(&self, name: &str) -> Result<(), HvError> {
+        self.with("shutdown", name, |s| {
+            Self::domain(s, name)?.running = false;
+            Ok(())
+        })
+    }
+
+    fn destroy(&self, name: &str) -> Result<(), HvError> {
+        self.with("destroy", name, |s| {
+            Self::domain(s, name)?.running = false;
+            Ok(())
+        })
+    }
+
+    fn undefine(&self, name: &str) -> Result<(), HvError> {
+        self.with("undefine", name, |s| {
+            s.domains.remove(name);
+            Ok(())
+        })
+    }
+
+    fn set_record(&self, name: &str, record_xml: &str) -> Result<(), HvError> {
+        self.with("set_record", name, |s| {
+            Self::domain(s, name)?.record_xml = Some(record_xml.to_owned());
+            Ok(())
+        })
+    }
+
+    fn version(&self) -> Result<HypervisorVersion, HvError> {
+        self.with("version", "host", |_| {
+            Ok(HypervisorVersion {
+                libvirt: "fake".into(),
+            })
+        })
+    }
+}

@@ -1,0 +1,203 @@
+//! The real hypervisor: libvirtd through the `virt` bindings.
+
+use super::{DomainEntry, HvError, Hypervisor, HypervisorVersion};
+use crate::{
+    segment::spec::DOMAIN_PREFIX,
+    xml::{metadata, MetadataError, METADATA_PREFIX, METADATA_URI},
+};
+use std::{collections::HashSet, sync::Mutex};
+use virt::{
+    connect::Connect,
+    domain::Domain,
+    error::{Error as VirtError, ErrorDomain, ErrorNumber},
+    sys,
+};
+
+/// A libvirt connection, reopened when libvirtd went away.
+pub struct Libvirt {
+    uri: String,
+    conn: Mutex<Option<Connect>>,
+}
+
+impl Libvirt {
+    /// A hypervisor for `uri` (e.g. `lxc:///`); connects lazily.
+    pub fn new(uri: impl Into<String>) -> Self {
+        Self {
+            uri: uri.into(),
+            conn: Mutex::new(None),
+        }
+    }
+
+    fn conn(&self) -> Result<Connect, HvError> {
+        let mut cached = self.conn.lock().expect("libvirt connection lock");
+        if let Some(c) = cached.as_ref() {
+            if c.is_alive().unwrap_or(false) {
+                return Ok(c.clone());
+            }
+        }
+        let c = Connect::open(Some(&self.uri))
+            .map_err(|e| HvError::Unavailable(format!("{}: {}", self.uri, e.message())))?;
+        *cached = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Maps a libvirt error, dropping the connection when libvirtd went away.
+    fn error(&self, op: &'static str, name: &str, e: VirtError) -> HvError {
+        let code = e.code();
+        if code.is_known_and(|c| c == ErrorNumber::NoDomain) {
+            return HvError::NoDomain(name.to_owned());
+        }
+        let lost = code
+            .is_known_and(|c| matches!(c, ErrorNumber::SystemError | ErrorNumber::NoConnect))
+            || e.domain().is_known_and(|d| d == ErrorDomain::Rpc);
+        if lost {
+            self.conn.lock().expect("libvirt connection lock").take();
+            return HvError::Unavailable(e.message().to_owned());
+        }
+        HvError::Failed {
+            op,
+            name: name.to_owned(),
+            message: e.message().to_owned(),
+        }
+    }
+
+    fn domain(&self, op: &'static str, name: &str) -> Result<Domain, HvError> {
+        let conn = self.conn()?;
+        conn.lookup_domain_by_name(name)
+            .map_err(|e| self.error(op, name, e))
+    }
+
+    fn entry(&self, dom: &Domain, name: String) -> Result<DomainEntry, HvError> {
+        let running = dom.is_active().map_err(|e| self.error("list", &name, e))?;
+        let record = match dom.metadata(
+            sys::VIR_DOMAIN_METADATA_ELEMENT as i32,
+            Some(METADATA_URI),
+            sys::VIR_DOMAIN_AFFECT_CONFIG,
+        ) {
+            Ok(xml) => metadata::parse_record(&xml),
+            Err(e)
+                if e.code()
+                    .is_known_and(|c| c == ErrorNumber::NoDomainMetadata) =>
+            {
+                Err(MetadataError::Missing)
+            }
+            Err(e) => return Err(self.error("list", &name, e)),
+        };
+        Ok(DomainEntry {
+            name,
+            running,
+            record,
+        })
+    }
+}
+
+impl Hypervisor for Libvirt {
+    fn list_segments(&self) -> Result<Vec<DomainEntry>, HvError> {
+        let conn = self.conn()?;
+        let domains = conn
+            .list_all_domains(0)
+            .map_err(|e| self.error("list", "host", e))?;
+        let mut out = Vec::new();
+        for dom in domains {
+            let Ok(name) = dom.name() else { continue };
+            if name.starts_with(DOMAIN_PREFIX) {
+                match self.entry(&dom, name) {
+                    Ok(entry) => out.push(entry),
+                    // Undefined between the listing and the lookup.
+                    Err(HvError::NoDomain(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn running(&self) -> Result<HashSet<String>, HvError> {
+        let conn = self.conn()?;
+        let domains = conn
+            .list_all_domains(sys::VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+            .map_err(|e| self.error("list", "host", e))?;
+        Ok(domains.iter().filter_map(|d| d.name().ok()).collect())
+    }
+
+    fn is_running(&self, name: &str) -> Result<bool, HvError> {
+        let dom = self.domain("lookup", name)?;
+        dom.is_active().map_err(|e| self.error("lookup", name, e))
+    }
+
+    fn define(&self, xml: &str) -> Result<(), HvError> {
+        let conn = self.conn()?;
+        conn.define_domain_xml(xml)
+            .map(drop)
+            .map_err(|e| self.error("define", "domain", e))
+    }
+
+    fn start(&self, name: &str) -> Result<(), HvError> {
+        let dom = self.domain("start", name)?;
+        dom.create().map_err(|e| self.error("start", name, e))
+    }
+
+    fn shutdown(&self, name: &str) -> Result<(), HvError> {
+        let dom = self.domain("shutdown", name)?;
+        dom.shutdown_flags(sys::VIR_DOMAIN_SHUTDOWN_SIGNAL)
+            .map_err(|e| self.error("shutdown", name, e))
+    }
+
+    fn destroy(&self, name: &str) -> Result<(), HvError> {
+        let dom = self.domain("destroy", name)?;
+        if !dom
+            .is_active()
+            .map_err(|e| self.error("destroy", name, e))?
+        {
+            return Ok(());
+        }
+        match dom.destroy() {
+            Ok(()) => Ok(()),
+            // It stopped on its own in the meantime.
+            Err(e)
+                if e.code()
+                    .is_known_and(|c| c == ErrorNumber::OperationInvalid) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(self.error("destroy", name, e)),
+        }
+    }
+
+    fn undefine(&self, name: &str) -> Result<(), HvError> {
+        match self.domain("undefine", name) {
+            Ok(dom) => dom.undefine().map_err(|e| self.error("undefine", name, e)),
+            Err(HvError::NoDomain(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn set_record(&self, name: &str, record_xml: &str) -> Result<(), HvError> {
+        let dom = self.domain("set metadata", name)?;
+        let live = dom
+            .is_active()
+            .map_err(|e| self.error("set metadata", name, e))?;
+        let mut flags = sys::VIR_DOMAIN_AFFECT_CONFIG;
+        if live {
+            flags |= sys::VIR_DOMAIN_AFFECT_LIVE;
+        }
+        dom.set_metadata(
+            sys::VIR_DOMAIN_METADATA_ELEMENT as i32,
+            Some(record_xml),
+            Some(METADATA_PREFIX),
+            Some(METADATA_URI),
+            flags,
+        )
+        .map_err(|e| self.error("set metadata", name, e))
+    }
+
+    fn version(&self) -> Result<HypervisorVersion, HvError> {
+        let conn = self.conn()?;
+        let v = conn
+            .lib_version()
+            .map_err(|e| self.error("version", "host", e))?;
+        Ok(HypervisorVersion {
+            libvirt: format!("{}.{}.{}", v / 1_000_000, (v / 1000) % 1000, v % 1000),
+        })
+    }
+}

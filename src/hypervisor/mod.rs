@@ -1,0 +1,75 @@
+//! The hypervisor behind a narrow trait: the few libvirt operations the
+//! segment lifecycle needs. [`libvirt::Libvirt`] is the real one;
+//! [`fake::FakeHypervisor`] keeps domains in memory for fast tests.
+//!
+//! Every method blocks; async callers go through `spawn_blocking`.
+
+pub mod fake;
+pub mod libvirt;
+
+use crate::{segment::spec::SegmentRecord, xml::MetadataError};
+use std::collections::HashSet;
+
+/// A hypervisor operation that failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum HvError {
+    /// libvirtd cannot be reached; retry later.
+    #[error("libvirtd is unavailable: {0}")]
+    Unavailable(String),
+    /// No domain of that name.
+    #[error("no libvirt domain named {0}")]
+    NoDomain(String),
+    /// libvirt refused or failed the operation.
+    #[error("libvirt {op} of {name} failed: {message}")]
+    Failed {
+        /// The operation, e.g. "start".
+        op: &'static str,
+        /// The domain (or "host").
+        name: String,
+        /// libvirt's message.
+        message: String,
+    },
+}
+
+/// A segment domain as found in libvirt.
+#[derive(Debug)]
+pub struct DomainEntry {
+    /// Domain name (`seg-<id>`).
+    pub name: String,
+    /// Whether it runs.
+    pub running: bool,
+    /// The agent's record from its metadata, or why it cannot be read
+    /// (a `seg-` domain the agent did not make).
+    pub record: Result<SegmentRecord, MetadataError>,
+}
+
+/// Versions reported by the hypervisor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HypervisorVersion {
+    /// libvirt library version, e.g. "9.0.0".
+    pub libvirt: String,
+}
+
+/// The narrow libvirt surface the agent uses.
+pub trait Hypervisor: Send + Sync + 'static {
+    /// Every domain whose name starts with `seg-`.
+    fn list_segments(&self) -> Result<Vec<DomainEntry>, HvError>;
+    /// Names of the running domains.
+    fn running(&self) -> Result<HashSet<String>, HvError>;
+    /// Whether `name` runs; `NoDomain` if it does not exist.
+    fn is_running(&self, name: &str) -> Result<bool, HvError>;
+    /// Defines (or redefines, same UUID) a persistent domain.
+    fn define(&self, xml: &str) -> Result<(), HvError>;
+    /// Starts a defined domain.
+    fn start(&self, name: &str) -> Result<(), HvError>;
+    /// Asks the domain's init to stop (SIGTERM for LXC).
+    fn shutdown(&self, name: &str) -> Result<(), HvError>;
+    /// Stops the domain at once; a stopped domain is fine.
+    fn destroy(&self, name: &str) -> Result<(), HvError>;
+    /// Removes the domain definition; a missing domain is fine.
+    fn undefine(&self, name: &str) -> Result<(), HvError>;
+    /// Replaces the agent's metadata record of the domain.
+    fn set_record(&self, name: &str, record_xml: &str) -> Result<(), HvError>;
+    /// The hypervisor's versions; also a liveness probe.
+    fn version(&self) -> Result<HypervisorVersion, HvError>;
+}

@@ -1,0 +1,21 @@
+//! segment-agent: the host agent that runs LXC segments through libvirt for
+//! a container service. See the README for the operator's view.
+//!
+//! Layout: [`api`] is the gRPC transport; [`segment`] is the lifecycle; the
+//! external systems sit behind traits in [`hypervisor`] (libvirt) and
+//! [`storage`] (segment filesystems); [`xml`] writes and reads libvirt XML;
+//! [`config`], [`pool`], [`images`], [`network`] and [`host`] hold the rest.
+
+pub mod agent;
+pub mod api;
+pub mod config;
+pub mod host;
+pub mod hypervisor;
+pub mod images;
+pub mod network;
+pub mod pool;
+pub mod preflight;
+pub mod proto;
+pub mod segment;
+pub mod storage;
+pub mod xml;

@@ -1,0 +1,122 @@
+//! The `segment-agent` binary: `serve` runs the daemon, `check` runs the
+//! preflight checks.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use segment_agent::{
+    agent, api::Listeners, config::Config, host::HostFacts, preflight, segment::SegmentManager,
+};
+use std::{path::PathBuf, process::ExitCode, sync::Arc};
+use tracing::info;
+
+#[derive(Parser)]
+#[command(version, about = "Host agent for LXC segments on libvirt")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent.
+    Serve {
+        /// Configuration file (TOML).
+        #[arg(long, default_value = "/etc/segment-agent/agent.toml")]
+        config: PathBuf,
+    },
+    /// Check that this host can run segments; exits non-zero on any failure.
+    Check {
+        /// Configuration file (TOML).
+        #[arg(long, default_value = "/etc/segment-agent/agent.toml")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve { config } => serve(&config),
+        Command::Check { config } => check(&config),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(path: &PathBuf) -> anyhow::Result<ExitCode> {
+    let config = Config::load(path)?;
+    let backends = agent::real_backends(&config);
+    let checks = preflight::run(&config, backends.hypervisor.as_ref());
+    let mut failed = 0;
+    for c in &checks {
+        match &c.result {
+            Ok(detail) => println!("ok    {:<14} {detail}", c.name),
+            Err(reason) => {
+                failed += 1;
+                println!("FAIL  {:<14} {reason}", c.name)
+            }
+        }
+    }
+    println!("{} checks, {failed} failed", checks.len());
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+#[tokio::main]
+async fn serve(path: &PathBuf) -> anyhow::Result<ExitCode> {
+    let config = Config::load(path)?;
+    let host = HostFacts::read("/proc".as_ref(), &config.host_id)?;
+    let settings = agent::settings(&config)?;
+    let registry = agent::registry(&config, &host)?;
+    let manager = Arc::new(SegmentManager::new(
+        agent::real_backends(&config),
+        registry,
+        settings,
+    ));
+    let _ = sd_notify::notify(
+        false,
+        &[sd_notify::NotifyState::Status(
+            "recovering segments from libvirt",
+        )],
+    );
+    agent::recover_when_available(&manager)
+        .await
+        .context("recovering segments")?;
+    let listeners = Listeners::bind(&config.listen).await?;
+    info!(socket = %config.listen.socket.display(), tcp = ?config.listen.tcp, host_id = %host.host_id, "serving");
+    let _ = sd_notify::notify(
+        false,
+        &[
+            sd_notify::NotifyState::Ready,
+            sd_notify::NotifyState::Status("serving"),
+        ],
+    );
+    agent::serve(manager, host, listeners, shutdown_signal()).await?;
+    info!("stopped; segments keep running");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// SIGTERM or SIGINT: stop serving; segments are left running.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received"),
+        _ = int.recv() => info!("SIGINT received"),
+    }
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+}

@@ -1,0 +1,63 @@
+//! DeleteSegment: the only way a segment goes away. The record is first
+//! marked `deleted` in libvirt, so a delete cut off half-way is finished on
+//! the next agent start rather than undone.
+
+use super::{
+    create::ignore_missing,
+    registry::Op,
+    spec::{Desired, SegmentId},
+    Error, SegmentManager,
+};
+use tracing::{info, instrument, warn};
+
+impl SegmentManager {
+    /// Stops the segment at once and removes its domain, filesystem and
+    /// address.
+    #[instrument(skip(self), fields(segment_id = %id))]
+    pub async fn delete(&self, id: &SegmentId) -> Result<(), Error> {
+        let _guard = self.locks.lock(id).await;
+        let entry = self
+            .registry
+            .get(id)
+            .ok_or_else(|| Error::NotFound(id.clone()))?;
+        self.registry.update(id, |e| e.op = Some(Op::Deleting));
+        let result = self.remove_everything(entry.record).await;
+        match &result {
+            Ok(()) => {
+                self.registry.remove(id);
+                info!("segment deleted");
+            }
+            Err(e) => {
+                warn!(error = %e, "delete incomplete");
+                self.registry.update(id, |entry| {
+                    entry.op = None;
+                    entry.failure = Some(e.to_string());
+                });
+            }
+        }
+        result
+    }
+
+    /// Marks, destroys, undefines and removes; each step is idempotent so
+    /// a retry (or recovery) can run it again from the start.
+    pub(crate) async fn remove_everything(
+        &self,
+        mut record: super::spec::SegmentRecord,
+    ) -> Result<(), Error> {
+        let name = record.request.id.domain_name();
+        if record.desired != Desired::Deleted {
+            record.desired = Desired::Deleted;
+            match self.persist(record.clone()).await {
+                Ok(()) | Err(Error::Hypervisor(crate::hypervisor::HvError::NoDomain(_))) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.blocking(move |hv| {
+            hv.destroy(&name).or_else(ignore_missing)?;
+            hv.undefine(&name)
+        })
+        .await?;
+        let id = record.request.id.clone();
+        self.storage_blocking(move |s| s.remove(&id)).await
+    }
+}

@@ -1,0 +1,178 @@
+//! The segment lifecycle: the domain API that the gRPC layer (and tests)
+//! drive. It knows nothing of tonic; it talks to the host through the
+//! [`Hypervisor`] and [`SegmentStorage`] traits.
+//!
+//! One file per operation: [`create`], [`delete`], [`power`] (start, stop) and
+//! [`recover`] (agent start). Operations on one segment are serialised by
+//! [`locks::SegmentLocks`]; admission is atomic in [`registry::Registry`].
+
+pub mod create;
+pub mod delete;
+pub mod error;
+pub mod locks;
+pub mod power;
+pub mod recover;
+pub mod registry;
+pub mod spec;
+pub mod state;
+
+pub use error::Error;
+pub use state::{Segment, SegmentState};
+
+use crate::{
+    hypervisor::Hypervisor,
+    images::ImageStore,
+    network::SegmentNetwork,
+    segment::{
+        locks::SegmentLocks,
+        registry::{Registry, Usage},
+        spec::{ClusterId, FlavorLimits, ImageName, SegmentId, SegmentRecord},
+    },
+    storage::SegmentStorage,
+    xml::metadata,
+};
+use std::{sync::Arc, time::Duration};
+
+/// Host settings the lifecycle needs, taken from the configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Flavor defaults and bounds.
+    pub flavor: FlavorLimits,
+    /// Image of requests that name none.
+    pub default_image: ImageName,
+    /// How segments attach to the network.
+    pub network: SegmentNetwork,
+    /// CFS period in microseconds.
+    pub cpu_period_us: u64,
+    /// Default graceful stop timeout.
+    pub stop_timeout: Duration,
+    /// AppArmor profile for segments; `None` runs them unconfined.
+    pub apparmor_profile: Option<String>,
+}
+
+/// The host's external systems, each behind its trait.
+pub struct Backends {
+    /// libvirt.
+    pub hypervisor: Arc<dyn Hypervisor>,
+    /// Segment filesystems.
+    pub storage: Arc<dyn SegmentStorage>,
+    /// Images.
+    pub images: ImageStore,
+}
+
+/// Creates, starts, stops, deletes and lists the host's segments.
+pub struct SegmentManager {
+    hv: Arc<dyn Hypervisor>,
+    storage: Arc<dyn SegmentStorage>,
+    images: ImageStore,
+    registry: Registry,
+    locks: SegmentLocks,
+    settings: Settings,
+}
+
+impl SegmentManager {
+    /// A manager with an empty registry; call [`SegmentManager::recover`]
+    /// before serving.
+    pub fn new(backends: Backends, registry: Registry, settings: Settings) -> Self {
+        Self {
+            hv: backends.hypervisor,
+            storage: backends.storage,
+            images: backends.images,
+            registry,
+            locks: SegmentLocks::default(),
+            settings,
+        }
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The hypervisor (for host queries).
+    pub fn hypervisor(&self) -> &Arc<dyn Hypervisor> {
+        &self.hv
+    }
+
+    /// Current use of the host, and its limits.
+    pub fn usage(&self) -> (Usage, registry::Capacity) {
+        (self.registry.usage(), self.registry.capacity())
+    }
+
+    /// One segment with its observed state.
+    pub async fn get(&self, id: &SegmentId) -> Result<Segment, Error> {
+        let entry = self
+            .registry
+            .get(id)
+            .ok_or_else(|| Error::NotFound(id.clone()))?;
+        let name = id.domain_name();
+        let running = match self.blocking(move |hv| hv.is_running(&name)).await {
+            Ok(r) => Some(r),
+            Err(Error::Unavailable(_)) => None,
+            Err(Error::Hypervisor(crate::hypervisor::HvError::NoDomain(_))) => Some(false),
+            Err(e) => return Err(e),
+        };
+        Ok(Segment::observe(&entry, running))
+    }
+
+    /// Every segment (of one cluster, if given), ordered by id.
+    pub async fn list(&self, cluster: Option<&ClusterId>) -> Result<Vec<Segment>, Error> {
+        let entries = self.registry.all();
+        // One libvirt call for the whole list; with libvirtd down the
+        // registry still answers, states marked unknown.
+        let running = match self.blocking(|hv| hv.running()).await {
+            Ok(r) => Some(r),
+            Err(Error::Unavailable(_)) => None,
+            Err(e) => return Err(e),
+        };
+        Ok(entries
+            .iter()
+            .filter(|e| cluster.is_none_or(|c| &e.record.request.cluster == c))
+            .map(|e| {
+                let name = e.record.request.id.domain_name();
+                Segment::observe(e, running.as_ref().map(|r| r.contains(&name)))
+            })
+            .collect())
+    }
+
+    /// Runs a hypervisor call off the async runtime.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Hypervisor) -> Result<T, crate::hypervisor::HvError> + Send + 'static,
+    ) -> Result<T, Error> {
+        let hv = self.hv.clone();
+        tokio::task::spawn_blocking(move || f(hv.as_ref()))
+            .await
+            .map_err(|e| Error::Internal(format!("hypervisor task: {e}")))?
+            .map_err(Error::from)
+    }
+
+    /// Runs a storage call off the async runtime.
+    async fn storage_blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn SegmentStorage) -> Result<T, crate::storage::StorageError> + Send + 'static,
+    ) -> Result<T, Error> {
+        let storage = self.storage.clone();
+        tokio::task::spawn_blocking(move || f(storage.as_ref()))
+            .await
+            .map_err(|e| Error::Internal(format!("storage task: {e}")))?
+            .map_err(Error::from)
+    }
+
+    /// Persists `record` into the domain's metadata, then the registry.
+    async fn persist(&self, record: SegmentRecord) -> Result<(), Error> {
+        let name = record.request.id.domain_name();
+        let xml = metadata::record_xml(&record);
+        self.blocking(move |hv| hv.set_record(&name, &xml)).await?;
+        let id = record.request.id.clone();
+        self.registry.update(&id, |e| e.record = record);
+        Ok(())
+    }
+}
+
+impl SegmentManager {
+    /// The hypervisor's versions; fails with `Unavailable` when libvirtd is down.
+    pub async fn hypervisor_version(&self) -> Result<crate::hypervisor::HypervisorVersion, Error> {
+        self.blocking(|hv| hv.version()).await
+    }
+}

@@ -1,0 +1,133 @@
+//! Agent start: rebuild the registry and the address pool from libvirt,
+//! finish what a crash cut off, and leave every healthy segment untouched.
+//!
+//! - a `seg-` domain without the agent's record is not ours: left alone;
+//! - a record marked `deleted`: the delete is finished;
+//! - a record that should run but does not (cut-off create, host reboot):
+//!   its filesystem is mounted again and it is started;
+//! - a segment directory without a domain (create cut off before define,
+//!   delete cut off after undefine): removed.
+
+use super::{spec::Desired, Error, SegmentManager};
+use crate::hypervisor::DomainEntry;
+use std::collections::HashSet;
+use tracing::{error, info, instrument, warn};
+
+/// What recovery did, for the log and for tests.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Segments found in libvirt and registered.
+    pub adopted: usize,
+    /// Segments that should have run and were started.
+    pub started: usize,
+    /// Half-done deletes finished.
+    pub deletes_finished: usize,
+    /// Orphan segment directories removed.
+    pub orphans_removed: usize,
+    /// `seg-` domains without the agent's record, left alone.
+    pub foreign: usize,
+}
+
+impl SegmentManager {
+    /// Rebuilds the agent's view from libvirt; run once before serving.
+    #[instrument(skip(self))]
+    pub async fn recover(&self) -> Result<RecoveryReport, Error> {
+        let mut report = RecoveryReport::default();
+        let domains = self.blocking(|hv| hv.list_segments()).await?;
+        let mut known = HashSet::new();
+        let mut pending = Vec::new();
+        for entry in domains {
+            if let Some((id, running)) = self.adopt(entry, &mut report) {
+                known.insert(id.clone());
+                pending.push((id, running));
+            }
+        }
+        for (id, running) in pending {
+            self.settle(&id, running, &mut report).await;
+        }
+        let dirs = self.storage_blocking(|s| s.list()).await?;
+        for id in dirs.into_iter().filter(|id| !known.contains(id)) {
+            warn!(segment_id = %id, "removing orphan segment directory (no domain)");
+            let orphan = id.clone();
+            match self.storage_blocking(move |s| s.remove(&orphan)).await {
+                Ok(()) => report.orphans_removed += 1,
+                Err(e) => error!(segment_id = %id, error = %e, "cannot remove orphan directory"),
+            }
+        }
+        info!(?report, "recovery done");
+        Ok(report)
+    }
+
+    /// Registers one domain; returns its id and whether it runs.
+    fn adopt(
+        &self,
+        entry: DomainEntry,
+        report: &mut RecoveryReport,
+    ) -> Option<(super::spec::SegmentId, bool)> {
+        let record = match entry.record {
+            Ok(r) if r.request.id.domain_name() == entry.name => r,
+            Ok(_) | Err(_) => {
+                warn!(domain = %entry.name, "domain has no segment-agent record; leaving it alone");
+                report.foreign += 1;
+                return None;
+            }
+        };
+        let id = record.request.id.clone();
+        if let Err(reason) = self.registry.insert_recovered(record) {
+            error!(segment_id = %id, %reason, "cannot adopt segment; leaving it alone");
+            report.foreign += 1;
+            return None;
+        }
+        report.adopted += 1;
+        Some((id, entry.running))
+    }
+
+    /// Finishes a pending delete, or remounts and restarts a segment that
+    /// should run.
+    async fn settle(
+        &self,
+        id: &super::spec::SegmentId,
+        running: bool,
+        report: &mut RecoveryReport,
+    ) {
+        let Some(entry) = self.registry.get(id) else {
+            return;
+        };
+        if entry.record.desired == Desired::Deleted {
+            match self.remove_everything(entry.record).await {
+                Ok(()) => {
+                    self.registry.remove(id);
+                    report.deletes_finished += 1;
+                }
+                Err(e) => self.fail(id, format!("finishing delete: {e}")),
+            }
+            return;
+        }
+        let image = match self.images.resolve(&entry.record.request.image) {
+            Ok(i) => i,
+            Err(e) => return self.fail(id, e.to_string()),
+        };
+        let sid = id.clone();
+        if let Err(e) = self
+            .storage_blocking(move |s| s.prepare(&sid, &image))
+            .await
+        {
+            return self.fail(id, format!("mounting root filesystem: {e}"));
+        }
+        if entry.record.desired == Desired::Running && !running {
+            let name = id.domain_name();
+            match self.blocking(move |hv| hv.start(&name)).await {
+                Ok(()) => {
+                    info!(segment_id = %id, "started segment that should run");
+                    report.started += 1;
+                }
+                Err(e) => self.fail(id, format!("starting: {e}")),
+            }
+        }
+    }
+
+    fn fail(&self, id: &super::spec::SegmentId, reason: String) {
+        error!(segment_id = %id, %reason, "segment needs attention");
+        self.registry.update(id, |e| e.failure = Some(reason));
+    }
+}

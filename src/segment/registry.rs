@@ -1,0 +1,191 @@
+//! The agent's in-memory view of its segments, rebuilt from libvirt at start,
+//! together with the address pool. One lock covers both so admission (slots,
+//! memory, address) is atomic across concurrent creates.
+
+use super::{
+    error::Error,
+    spec::{Desired, SegmentId, SegmentRecord, SegmentRequest},
+};
+use crate::pool::AddressPool;
+use std::{collections::BTreeMap, net::Ipv4Addr, sync::Mutex, time::SystemTime};
+
+/// An operation in flight on a segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// CreateSegment.
+    Creating,
+    /// DeleteSegment.
+    Deleting,
+}
+
+/// What the registry knows of one segment.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// The persisted record (mirrors the domain metadata).
+    pub record: SegmentRecord,
+    /// The operation in flight, if any.
+    pub op: Option<Op>,
+    /// Why the last operation on it failed, if it did.
+    pub failure: Option<String>,
+}
+
+/// Admission limits of the host.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Capacity {
+    /// Most segments.
+    pub max_segments: u32,
+    /// Memory that segment limits may add up to.
+    pub allocatable_memory_mib: u64,
+}
+
+/// Current use of the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    /// Segments on the host.
+    pub segments: u32,
+    /// Sum of their memory limits.
+    pub memory_mib: u64,
+    /// Addresses in the pool.
+    pub pool_size: u32,
+    /// Addresses free.
+    pub pool_free: u32,
+}
+
+struct Inner {
+    segments: BTreeMap<SegmentId, Entry>,
+    pool: AddressPool,
+}
+
+/// Segments and addresses under one lock.
+pub struct Registry {
+    inner: Mutex<Inner>,
+    capacity: Capacity,
+}
+
+impl Registry {
+    /// An empty registry over `pool`.
+    pub fn new(pool: AddressPool, capacity: Capacity) -> Self {
+        Self {
+            inner: Mutex::new(Inner {
+                segments: BTreeMap::new(),
+                pool,
+            }),
+            capacity,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().expect("segment registry lock")
+    }
+
+    /// The admission limits.
+    pub fn capacity(&self) -> Capacity {
+        self.capacity
+    }
+
+    /// One segment.
+    pub fn get(&self, id: &SegmentId) -> Option<Entry> {
+        self.lock().segments.get(id).cloned()
+    }
+
+    /// Every segment, ordered by id.
+    pub fn all(&self) -> Vec<Entry> {
+        self.lock().segments.values().cloned().collect()
+    }
+
+    /// Admits a new segment: checks slots and memory, takes the lowest free
+    /// address and records the segment as being created. Nothing is taken
+    /// when any check fails.
+    pub fn admit(&self, request: SegmentRequest, now: SystemTime) -> Result<SegmentRecord, Error> {
+        let mut inner = self.lock();
+        let used = inner.segments.len() as u32;
+        if used >= self.capacity.max_segments {
+            return Err(Error::ResourceExhausted(format!(
+                "this host holds its maximum of {} segments",
+                self.capacity.max_segments
+            )));
+        }
+        let allocated: u64 = inner.segments.values().map(|e| mib(&e.record)).sum();
+        let wanted = u64::from(request.flavor.memory_mib);
+        if allocated + wanted > self.capacity.allocatable_memory_mib {
+            return Err(Error::ResourceExhausted(format!(
+                "not enough memory: {wanted} MiB asked, {} of {} MiB allocatable left",
+                self.capacity
+                    .allocatable_memory_mib
+                    .saturating_sub(allocated),
+                self.capacity.allocatable_memory_mib
+            )));
+        }
+        let address = inner
+            .pool
+            .allocate()
+            .map_err(|e| Error::ResourceExhausted(e.to_string()))?;
+        let record = SegmentRecord {
+            request,
+            address,
+            created_at: now,
+            desired: Desired::Running,
+        };
+        let entry = Entry {
+            record: record.clone(),
+            op: Some(Op::Creating),
+            failure: None,
+        };
+        inner.segments.insert(record.request.id.clone(), entry);
+        Ok(record)
+    }
+
+    /// Registers a segment found in libvirt. Refuses one whose address is
+    /// already held by another segment or lies outside the pool.
+    pub fn insert_recovered(&self, record: SegmentRecord) -> Result<(), String> {
+        let mut inner = self.lock();
+        if !inner.pool.contains(record.address) {
+            return Err(format!(
+                "address {} is outside the configured pool",
+                record.address
+            ));
+        }
+        if !inner.pool.reserve(record.address) {
+            return Err(format!(
+                "address {} is claimed by another segment",
+                record.address
+            ));
+        }
+        let id = record.request.id.clone();
+        let entry = Entry {
+            record,
+            op: None,
+            failure: None,
+        };
+        inner.segments.insert(id, entry);
+        Ok(())
+    }
+
+    /// Changes one segment in place; false if it does not exist.
+    pub fn update(&self, id: &SegmentId, f: impl FnOnce(&mut Entry)) -> bool {
+        self.lock().segments.get_mut(id).map(f).is_some()
+    }
+
+    /// Forgets a segment and returns its address to the pool.
+    pub fn remove(&self, id: &SegmentId) -> Option<Ipv4Addr> {
+        let mut inner = self.lock();
+        let entry = inner.segments.remove(id)?;
+        inner.pool.release(entry.record.address);
+        Some(entry.record.address)
+    }
+
+    /// Current use.
+    pub fn usage(&self) -> Usage {
+        let inner = self.lock();
+        Usage {
+            segments: inner.segments.len() as u32,
+            memory_mib: inner.segments.values().map(|e| mib(&e.record)).sum(),
+            pool_size: inner.pool.size() as u32,
+            pool_free: inner.pool.free() as u32,
+        }
+    }
+}
+
+fn mib(r: &SegmentRecord) -> u64 {
+    u64::from(r.request.flavor.memory_mib)
+}

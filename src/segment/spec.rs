@@ -1,0 +1,334 @@
+//! What a segment is made of: validated identifiers, the flavor and the spec
+//! the scheduler asks for. Everything here is checked once, at the edge, so the
+//! rest of the agent only ever sees valid values.
+
+use std::{collections::BTreeMap, fmt, net::Ipv4Addr, time::SystemTime};
+
+/// Most labels a segment may carry.
+pub const MAX_LABELS: usize = 32;
+/// Longest label value, in bytes.
+pub const MAX_LABEL_VALUE: usize = 256;
+
+/// A request field that failed validation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {field}: {reason}")]
+pub struct InvalidArgument {
+    /// The request field, as the scheduler names it.
+    pub field: &'static str,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl InvalidArgument {
+    /// An error for `field`.
+    pub fn new(field: &'static str, reason: impl Into<String>) -> Self {
+        Self {
+            field,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Checks `^[a-z0-9][a-z0-9-]{0,62}$`, the pattern of every name the agent
+/// turns into a libvirt domain name or a directory.
+fn check_name(field: &'static str, value: &str) -> Result<(), InvalidArgument> {
+    let bad = |reason: &str| Err(InvalidArgument::new(field, format!("{value:?} {reason}")));
+    if value.is_empty() {
+        return Err(InvalidArgument::new(field, "must not be empty"));
+    }
+    if value.len() > 63 {
+        return bad("is longer than 63 characters");
+    }
+    let first = value.as_bytes()[0];
+    if !(first.is_ascii_lowercase() || first.is_ascii_digit()) {
+        return bad("must start with a lowercase letter or a digit");
+    }
+    if !value
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return bad("may hold only lowercase letters, digits and '-' (^[a-z0-9][a-z0-9-]{0,62}$)");
+    }
+    Ok(())
+}
+
+macro_rules! name_type {
+    ($(#[$doc:meta])* $name:ident, $field:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(String);
+
+        impl $name {
+            /// Validates `value` against `^[a-z0-9][a-z0-9-]{0,62}$`.
+            pub fn parse(value: &str) -> Result<Self, InvalidArgument> {
+                check_name($field, value)?;
+                Ok(Self(value.to_owned()))
+            }
+
+            /// The identifier as a string.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+name_type!(
+    /// The scheduler's id for a segment; also its idempotency key.
+    SegmentId,
+    "segment_id"
+);
+name_type!(
+    /// The customer cluster a segment belongs to.
+    ClusterId,
+    "cluster_id"
+);
+name_type!(
+    /// The name of an immutable segment image on this host.
+    ImageName,
+    "image"
+);
+
+impl SegmentId {
+    /// The libvirt domain name of this segment.
+    pub fn domain_name(&self) -> String {
+        format!("{}{}", DOMAIN_PREFIX, self.0)
+    }
+
+    /// The segment id of a libvirt domain name, if the domain is a segment.
+    pub fn from_domain_name(name: &str) -> Option<Self> {
+        name.strip_prefix(DOMAIN_PREFIX)
+            .and_then(|id| Self::parse(id).ok())
+    }
+}
+
+/// Every segment's libvirt domain is named `seg-<segment_id>`.
+pub const DOMAIN_PREFIX: &str = "seg-";
+
+/// The resources of a segment, after defaults are applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flavor {
+    /// Hard memory limit in MiB.
+    pub memory_mib: u32,
+    /// CPU bandwidth in whole CPUs.
+    pub vcpus: u32,
+}
+
+/// Bounds and defaults of flavors on this host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlavorLimits {
+    /// Memory when the request says 0.
+    pub default_memory_mib: u32,
+    /// vCPUs when the request says 0.
+    pub default_vcpus: u32,
+    /// Smallest memory a segment may have.
+    pub min_memory_mib: u32,
+    /// Largest memory a segment may have.
+    pub max_memory_mib: u32,
+    /// Most vCPUs a segment may have.
+    pub max_vcpus: u32,
+}
+
+impl FlavorLimits {
+    /// Applies defaults to zero fields and checks the bounds.
+    pub fn resolve(&self, memory_mib: u32, vcpus: u32) -> Result<Flavor, InvalidArgument> {
+        let memory_mib = if memory_mib == 0 {
+            self.default_memory_mib
+        } else {
+            memory_mib
+        };
+        let vcpus = if vcpus == 0 {
+            self.default_vcpus
+        } else {
+            vcpus
+        };
+        if !(self.min_memory_mib..=self.max_memory_mib).contains(&memory_mib) {
+            return Err(InvalidArgument::new(
+                "flavor.memory_mib",
+                format!(
+                    "{memory_mib} MiB is outside this host's bounds {}..={} MiB",
+                    self.min_memory_mib, self.max_memory_mib
+                ),
+            ));
+        }
+        if vcpus > self.max_vcpus {
+            return Err(InvalidArgument::new(
+                "flavor.vcpus",
+                format!("{vcpus} exceeds this host's maximum of {}", self.max_vcpus),
+            ));
+        }
+        Ok(Flavor { memory_mib, vcpus })
+    }
+}
+
+/// Free-form labels, validated and bounded.
+pub type Labels = BTreeMap<String, String>;
+
+/// Checks the labels of a request: count, key pattern and value size.
+pub fn check_labels(labels: &Labels) -> Result<(), InvalidArgument> {
+    if labels.len() > MAX_LABELS {
+        return Err(InvalidArgument::new(
+            "labels",
+            format!("{} labels exceed the limit of {MAX_LABELS}", labels.len()),
+        ));
+    }
+    for (key, value) in labels {
+        let key_ok = !key.is_empty()
+            && key.len() <= 63
+            && key.as_bytes()[0].is_ascii_alphanumeric()
+            && key.bytes().all(|b| {
+                b.is_ascii_lowercase()
+                    || b.is_ascii_digit()
+                    || matches!(b, b'-' | b'.' | b'_' | b'/')
+            });
+        if !key_ok {
+            return Err(InvalidArgument::new(
+                "labels",
+                format!("key {key:?} must match ^[a-z0-9][a-z0-9._/-]{{0,62}}$"),
+            ));
+        }
+        if value.len() > MAX_LABEL_VALUE || value.chars().any(char::is_control) {
+            return Err(InvalidArgument::new(
+                "labels",
+                format!("value of {key:?} must be at most {MAX_LABEL_VALUE} bytes without control characters"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// What the scheduler asks for; compared to tell a retry from a conflict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentRequest {
+    /// The segment's id.
+    pub id: SegmentId,
+    /// Its cluster.
+    pub cluster: ClusterId,
+    /// Its resources, defaults applied.
+    pub flavor: Flavor,
+    /// Its image, default applied.
+    pub image: ImageName,
+    /// Its labels.
+    pub labels: Labels,
+}
+
+/// Everything the agent records about a segment, persisted in the domain's
+/// libvirt metadata so libvirt stays the single source of truth.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentRecord {
+    /// The request the segment was created from.
+    pub request: SegmentRequest,
+    /// Its public IPv4 address.
+    pub address: Ipv4Addr,
+    /// When it was created.
+    pub created_at: SystemTime,
+    /// What the segment should be doing; survives agent restarts.
+    pub desired: Desired,
+}
+
+/// The state an operator or scheduler asked for, as opposed to the observed one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Desired {
+    /// Should run; started again on agent start if it is not.
+    Running,
+    /// Stopped on request.
+    Stopped,
+    /// Being deleted; a delete cut off half-way is finished on agent start.
+    Deleted,
+}
+
+impl Desired {
+    /// The word stored in the metadata.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Desired::Running => "running",
+            Desired::Stopped => "stopped",
+            Desired::Deleted => "deleted",
+        }
+    }
+
+    /// Parses the word stored in the metadata.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "running" => Some(Desired::Running),
+            "stopped" => Some(Desired::Stopped),
+            "deleted" => Some(Desired::Deleted),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_ids() {
+        let long = "a".repeat(63);
+        let too_long = "a".repeat(64);
+        let cases: &[(&str, bool)] = &[
+            ("a", true),
+            ("0", true),
+            ("seg-01", true),
+            (long.as_str(), true),
+            ("", false),
+            ("A", false),
+            ("../x", false),
+            ("-a", false),
+            ("a_b", false),
+            ("a.b", false),
+            ("a/b", false),
+            ("é", false),
+            (too_long.as_str(), false),
+        ];
+        for (id, ok) in cases {
+            assert_eq!(SegmentId::parse(id).is_ok(), *ok, "{id:?}");
+        }
+    }
+
+    #[test]
+    fn domain_names_round_trip() {
+        let id = SegmentId::parse("web-1").unwrap();
+        assert_eq!(id.domain_name(), "seg-web-1");
+        assert_eq!(SegmentId::from_domain_name("seg-web-1"), Some(id));
+        assert_eq!(SegmentId::from_domain_name("other-web-1"), None);
+        assert_eq!(SegmentId::from_domain_name("seg-Bad"), None);
+    }
+
+    #[test]
+    fn flavors() {
+        let limits = FlavorLimits {
+            default_memory_mib: 4096,
+            default_vcpus: 2,
+            min_memory_mib: 64,
+            max_memory_mib: 8192,
+            max_vcpus: 4,
+        };
+        let ok = |m, v| limits.resolve(m, v).map(|f| (f.memory_mib, f.vcpus));
+        assert_eq!(ok(0, 0), Ok((4096, 2)));
+        assert_eq!(ok(256, 1), Ok((256, 1)));
+        assert_eq!(ok(8192, 4), Ok((8192, 4)));
+        assert_eq!(ok(32, 0).unwrap_err().field, "flavor.memory_mib");
+        assert_eq!(ok(9000, 0).unwrap_err().field, "flavor.memory_mib");
+        assert_eq!(ok(0, 5).unwrap_err().field, "flavor.vcpus");
+    }
+
+    #[test]
+    fn labels() {
+        let one = |k: &str, v: &str| Labels::from([(k.to_owned(), v.to_owned())]);
+        assert!(check_labels(&one("team", "web")).is_ok());
+        assert!(check_labels(&one("example.com/tier", "")).is_ok());
+        assert!(check_labels(&one("", "x")).is_err());
+        assert!(check_labels(&one("Team", "x")).is_err());
+        assert!(check_labels(&one("a", &"x".repeat(257))).is_err());
+        assert!(check_labels(&one("a", "line\nbreak")).is_err());
+        let many: Labels = (0..33).map(|i| (format!("k{i}"), String::new())).collect();
+        assert!(check_labels(&many).is_err());
+    }
+}

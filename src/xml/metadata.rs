@@ -1,0 +1,242 @@
+//! The agent's record of a segment inside the domain's `<metadata>`, under the
+//! agent's own XML namespace. libvirt keeps it with the domain, so the agent
+//! rebuilds its whole view from libvirt after a restart.
+//!
+//! ```xml
+//! <sa:segment xmlns:sa="https://segment-agent.dev/xmlns/segment/1" id="web-1"
+//!     cluster="c1" image="dev" address="203.0.113.10" memory_mib="4096"
+//!     vcpus="2" created_at="2026-11-22T04:00:00.000000000Z" desired="running">
+//!   <sa:label key="team" value="web"/>
+//! </sa:segment>
+//! ```
+//! Values live in attributes so the reader never has to reassemble text split
+//! around entities; unknown attributes and elements are ignored, so a newer
+//! agent's record still reads.
+
+use super::XmlWriter;
+use crate::segment::spec::{
+    ClusterId, Desired, Flavor, ImageName, Labels, SegmentId, SegmentRecord, SegmentRequest,
+};
+use quick_xml::{
+    events::{BytesStart, Event},
+    name::ResolveResult,
+    NsReader,
+};
+use std::{collections::HashMap, io, time::SystemTime};
+
+/// The agent's metadata namespace.
+pub const METADATA_URI: &str = "https://segment-agent.dev/xmlns/segment/1";
+/// The prefix used for it in domain XML.
+pub const METADATA_PREFIX: &str = "sa";
+
+/// A metadata record that cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum MetadataError {
+    /// The XML is malformed.
+    #[error("malformed metadata XML: {0}")]
+    Xml(#[from] quick_xml::Error),
+    /// No `<segment>` element in the agent's namespace.
+    #[error("no segment-agent metadata element")]
+    Missing,
+    /// An attribute is missing or invalid.
+    #[error("metadata attribute {0:?} is missing or invalid")]
+    Field(&'static str),
+}
+
+/// Writes the record as `<sa:segment>` with its namespace declaration.
+pub(crate) fn write_record(w: &mut XmlWriter, r: &SegmentRecord) -> io::Result<()> {
+    let q = &r.request;
+    let ns_attr = format!("xmlns:{METADATA_PREFIX}");
+    let created = humantime::format_rfc3339_nanos(r.created_at).to_string();
+    let element = w
+        .create_element(format!("{METADATA_PREFIX}:segment"))
+        .with_attribute((ns_attr.as_str(), METADATA_URI))
+        .with_attribute(("id", q.id.as_str()))
+        .with_attribute(("cluster", q.cluster.as_str()))
+        .with_attribute(("image", q.image.as_str()))
+        .with_attribute(("address", r.address.to_string().as_str()))
+        .with_attribute(("memory_mib", q.flavor.memory_mib.to_string().as_str()))
+        .with_attribute(("vcpus", q.flavor.vcpus.to_string().as_str()))
+        .with_attribute(("created_at", created.as_str()))
+        .with_attribute(("desired", r.desired.as_str()));
+    if q.labels.is_empty() {
+        element.write_empty()?;
+        return Ok(());
+    }
+    element.write_inner_content(|w| {
+        for (key, value) in &q.labels {
+            w.create_element(format!("{METADATA_PREFIX}:label"))
+                .with_attribute(("key", key.as_str()))
+                .with_attribute(("value", value.as_str()))
+                .write_empty()?;
+        }
+        Ok(())
+    })?;
+    Ok(())
+}
+
+/// Renders the record alone, as `virDomainSetMetadata` takes it.
+pub fn record_xml(r: &SegmentRecord) -> String {
+    super::render(|w| write_record(w, r))
+}
+
+/// Finds and reads the agent's record in a domain XML or a metadata element.
+pub fn parse_record(xml: &str) -> Result<SegmentRecord, MetadataError> {
+    let mut reader = NsReader::from_str(xml);
+    loop {
+        let (ns, event) = reader.read_resolved_event()?;
+        let ours = matches!(ns, ResolveResult::Bound(n) if n.as_ref() == METADATA_URI.as_bytes());
+        match event {
+            Event::Start(e) if ours && e.local_name().as_ref() == b"segment" => {
+                let attrs = attributes(&e)?;
+                return record_from(&attrs, read_labels(&mut reader)?);
+            }
+            Event::Empty(e) if ours && e.local_name().as_ref() == b"segment" => {
+                return record_from(&attributes(&e)?, Labels::new());
+            }
+            Event::Eof => return Err(MetadataError::Missing),
+            _ => {}
+        }
+    }
+}
+
+fn attributes(e: &BytesStart<'_>) -> Result<HashMap<String, String>, MetadataError> {
+    let mut out = HashMap::new();
+    for attr in e.attributes() {
+        let attr = attr.map_err(quick_xml::Error::from)?;
+        let key = String::from_utf8_lossy(attr.key.local_name().as_ref()).into_owned();
+        out.insert(key, attr.unescape_value()?.into_owned());
+    }
+    Ok(out)
+}
+
+fn read_labels(reader: &mut NsReader<&[u8]>) -> Result<Labels, MetadataError> {
+    let mut labels = Labels::new();
+    // Labels are direct children; anything nested deeper is a future field.
+    let mut depth = 0usize;
+    loop {
+        match reader.read_event()? {
+            Event::Empty(e) if depth == 0 && e.local_name().as_ref() == b"label" => {
+                let a = attributes(&e)?;
+                let key = a.get("key").ok_or(MetadataError::Field("label.key"))?;
+                labels.insert(key.clone(), a.get("value").cloned().unwrap_or_default());
+            }
+            Event::Start(_) => depth += 1,
+            Event::End(_) if depth == 0 => return Ok(labels),
+            Event::End(_) => depth -= 1,
+            Event::Eof => return Err(MetadataError::Missing),
+            _ => {}
+        }
+    }
+}
+
+fn record_from(
+    a: &HashMap<String, String>,
+    labels: Labels,
+) -> Result<SegmentRecord, MetadataError> {
+    fn field<'a>(
+        a: &'a HashMap<String, String>,
+        name: &'static str,
+    ) -> Result<&'a str, MetadataError> {
+        a.get(name)
+            .map(String::as_str)
+            .ok_or(MetadataError::Field(name))
+    }
+    fn parsed<T: std::str::FromStr>(
+        a: &HashMap<String, String>,
+        name: &'static str,
+    ) -> Result<T, MetadataError> {
+        field(a, name)?
+            .parse()
+            .map_err(|_| MetadataError::Field(name))
+    }
+    let request = SegmentRequest {
+        id: SegmentId::parse(field(a, "id")?).map_err(|_| MetadataError::Field("id"))?,
+        cluster: ClusterId::parse(field(a, "cluster")?)
+            .map_err(|_| MetadataError::Field("cluster"))?,
+        flavor: Flavor {
+            memory_mib: parsed(a, "memory_mib")?,
+            vcpus: parsed(a, "vcpus")?,
+        },
+        image: ImageName::parse(field(a, "image")?).map_err(|_| MetadataError::Field("image"))?,
+        labels,
+    };
+    let created_at: SystemTime = humantime::parse_rfc3339(field(a, "created_at")?)
+        .map_err(|_| MetadataError::Field("created_at"))?;
+    Ok(SegmentRecord {
+        request,
+        address: parsed(a, "address")?,
+        created_at,
+        desired: Desired::parse(field(a, "desired")?).ok_or(MetadataError::Field("desired"))?,
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    /// A record used by the XML tests.
+    pub(crate) fn sample_record() -> SegmentRecord {
+        SegmentRecord {
+            request: SegmentRequest {
+                id: SegmentId::parse("web-1").unwrap(),
+                cluster: ClusterId::parse("cluster-7").unwrap(),
+                flavor: Flavor {
+                    memory_mib: 4096,
+                    vcpus: 2,
+                },
+                image: ImageName::parse("dev").unwrap(),
+                labels: Labels::from([
+                    ("team".to_owned(), "a&b <\"quoted\">".to_owned()),
+                    ("tier".to_owned(), "web".to_owned()),
+                ]),
+            },
+            address: "203.0.113.10".parse().unwrap(),
+            created_at: UNIX_EPOCH + Duration::new(1_795_000_000, 123_456_789),
+            desired: Desired::Running,
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let r = sample_record();
+        assert_eq!(parse_record(&record_xml(&r)).unwrap(), r);
+        let mut bare = r.clone();
+        bare.request.labels.clear();
+        bare.desired = Desired::Deleted;
+        assert_eq!(parse_record(&record_xml(&bare)).unwrap(), bare);
+    }
+
+    #[test]
+    fn reads_libvirts_rendering_and_ignores_unknown_fields() {
+        // libvirt returns the element with its own prefix and may reorder
+        // attributes; a future agent may add fields.
+        let xml = r#"<domain><metadata><x:segment xmlns:x="https://segment-agent.dev/xmlns/segment/1"
+            future="1" desired="stopped" id="a" cluster="b" image="dev" address="203.0.113.11"
+            memory_mib="256" vcpus="1" created_at="2026-11-22T04:00:00Z">
+              <x:label key="k" value="v"/><x:extra><x:label key="z" value="nested"/></x:extra>
+            </x:segment></metadata></domain>"#;
+        let r = parse_record(xml).unwrap();
+        assert_eq!(r.desired, Desired::Stopped);
+        assert_eq!(r.request.flavor.memory_mib, 256);
+        assert_eq!(r.request.labels.get("k").map(String::as_str), Some("v"));
+        assert!(!r.request.labels.contains_key("z"));
+    }
+
+    #[test]
+    fn rejects_foreign_and_broken_records() {
+        let foreign = r#"<segment xmlns="https://other.example/ns" id="a"/>"#;
+        assert!(matches!(parse_record(foreign), Err(MetadataError::Missing)));
+        let bad_id = record_xml(&sample_record()).replace("id=\"web-1\"", "id=\"../x\"");
+        assert!(matches!(
+            parse_record(&bad_id),
+            Err(MetadataError::Field("id"))
+        ));
+        let no_addr = record_xml(&sample_record()).replace("address=", "addr=");
+        assert!(matches!(
+            parse_record(&no_addr),
+            Err(MetadataError::Field("address"))
+        ));
+    }
+}
