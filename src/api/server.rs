@@ -14,6 +14,9 @@ use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::pb::health_server::{Health, HealthServer};
 
+/// How long open calls may run on after a shutdown request.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Setting up a listener failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ListenError {
@@ -154,16 +157,34 @@ pub async fn serve(
                 .await
         });
     }
+    let (stopping_tx, stopping) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(());
+        let _ = stopping_tx.send(());
     });
-    while let Some(done) = tasks.join_next().await {
-        done.map_err(|e| ListenError::Io {
-            what: "serve",
-            path: "listener task".into(),
-            source: std::io::Error::other(e),
-        })??;
+    let drain = async {
+        while let Some(done) = tasks.join_next().await {
+            done.map_err(|e| ListenError::Io {
+                what: "serve",
+                path: "listener task".into(),
+                source: std::io::Error::other(e),
+            })??;
+        }
+        Ok::<(), ListenError>(())
+    };
+    tokio::pin!(drain);
+    tokio::select! {
+        r = &mut drain => return r,
+        _ = stopping => {}
+    }
+    // Give open calls a moment to finish, but never let a client that keeps
+    // its connection open hold the agent up.
+    if tokio::time::timeout(SHUTDOWN_GRACE, &mut drain)
+        .await
+        .is_err()
+    {
+        tracing::warn!(grace = ?SHUTDOWN_GRACE, "connections still open at shutdown; closing them");
     }
     Ok(())
 }

@@ -110,7 +110,10 @@ impl Hypervisor for FakeHypervisor {
                 .map(|(name, d)| DomainEntry {
                     name: name.clone(),
                     running: d.running,
-                    record: metadata::parse_record(d.record_xml.as_deref().unwrap_or(&d.xml)),
+                    record: match &d.record_xml {
+                        Some(bare) => metadata::parse_record(&metadata::namespaced(bare)),
+                        None => metadata::parse_record(&d.xml),
+                    },
                 })
                 .collect())
         })

@@ -74,7 +74,8 @@ impl Libvirt {
             Some(METADATA_URI),
             sys::VIR_DOMAIN_AFFECT_CONFIG,
         ) {
-            Ok(xml) => metadata::parse_record(&xml),
+            // libvirt returns the element bare, without its namespace.
+            Ok(xml) => metadata::parse_record(&metadata::namespaced(&xml)),
             Err(e)
                 if e.code()
                     .is_known_and(|c| c == ErrorNumber::NoDomainMetadata) =>

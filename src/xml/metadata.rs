@@ -43,14 +43,27 @@ pub enum MetadataError {
     Field(&'static str),
 }
 
-/// Writes the record as `<sa:segment>` with its namespace declaration.
+/// Writes the record as `<sa:segment>` with its namespace declaration, as
+/// it appears inside a domain's `<metadata>`.
 pub(crate) fn write_record(w: &mut XmlWriter, r: &SegmentRecord) -> io::Result<()> {
+    write_element(w, r, Some(METADATA_PREFIX))
+}
+
+/// Writes the record element, prefixed and with its namespace declaration,
+/// or bare (as `virDomainSetMetadata` wants it: libvirt adds the namespace).
+fn write_element(w: &mut XmlWriter, r: &SegmentRecord, prefix: Option<&str>) -> io::Result<()> {
     let q = &r.request;
-    let ns_attr = format!("xmlns:{METADATA_PREFIX}");
+    let name = |local: &str| match prefix {
+        Some(p) => format!("{p}:{local}"),
+        None => local.to_owned(),
+    };
     let created = humantime::format_rfc3339_nanos(r.created_at).to_string();
-    let element = w
-        .create_element(format!("{METADATA_PREFIX}:segment"))
-        .with_attribute((ns_attr.as_str(), METADATA_URI))
+    let mut element = w.create_element(name("segment"));
+    let ns_attr = prefix.map(|p| format!("xmlns:{p}"));
+    if let Some(ns_attr) = &ns_attr {
+        element = element.with_attribute((ns_attr.as_str(), METADATA_URI));
+    }
+    let element = element
         .with_attribute(("id", q.id.as_str()))
         .with_attribute(("cluster", q.cluster.as_str()))
         .with_attribute(("image", q.image.as_str()))
@@ -65,7 +78,7 @@ pub(crate) fn write_record(w: &mut XmlWriter, r: &SegmentRecord) -> io::Result<(
     }
     element.write_inner_content(|w| {
         for (key, value) in &q.labels {
-            w.create_element(format!("{METADATA_PREFIX}:label"))
+            w.create_element(name("label"))
                 .with_attribute(("key", key.as_str()))
                 .with_attribute(("value", value.as_str()))
                 .write_empty()?;
@@ -75,9 +88,15 @@ pub(crate) fn write_record(w: &mut XmlWriter, r: &SegmentRecord) -> io::Result<(
     Ok(())
 }
 
-/// Renders the record alone, as `virDomainSetMetadata` takes it.
+/// Renders the record alone and bare, as `virDomainSetMetadata` takes it
+/// (libvirt puts it into [`METADATA_URI`] under [`METADATA_PREFIX`]).
 pub fn record_xml(r: &SegmentRecord) -> String {
-    super::render(|w| write_record(w, r))
+    super::render(|w| write_element(w, r, None))
+}
+
+/// Wraps a bare record the way libvirt stores it, so it parses again.
+pub fn namespaced(bare_record_xml: &str) -> String {
+    format!("<metadata xmlns=\"{METADATA_URI}\">{bare_record_xml}</metadata>")
 }
 
 /// Finds and reads the agent's record in a domain XML or a metadata element.
@@ -201,11 +220,19 @@ pub(crate) mod tests {
     #[test]
     fn round_trip() {
         let r = sample_record();
-        assert_eq!(parse_record(&record_xml(&r)).unwrap(), r);
+        assert_eq!(parse_record(&namespaced(&record_xml(&r))).unwrap(), r);
+        assert!(
+            !record_xml(&r).contains("xmlns"),
+            "libvirt adds the namespace itself"
+        );
+        assert!(matches!(
+            parse_record(&record_xml(&r)),
+            Err(MetadataError::Missing)
+        ));
         let mut bare = r.clone();
         bare.request.labels.clear();
         bare.desired = Desired::Deleted;
-        assert_eq!(parse_record(&record_xml(&bare)).unwrap(), bare);
+        assert_eq!(parse_record(&namespaced(&record_xml(&bare))).unwrap(), bare);
     }
 
     #[test]
@@ -228,12 +255,13 @@ pub(crate) mod tests {
     fn rejects_foreign_and_broken_records() {
         let foreign = r#"<segment xmlns="https://other.example/ns" id="a"/>"#;
         assert!(matches!(parse_record(foreign), Err(MetadataError::Missing)));
-        let bad_id = record_xml(&sample_record()).replace("id=\"web-1\"", "id=\"../x\"");
+        let bad_id =
+            namespaced(&record_xml(&sample_record())).replace("id=\"web-1\"", "id=\"../x\"");
         assert!(matches!(
             parse_record(&bad_id),
             Err(MetadataError::Field("id"))
         ));
-        let no_addr = record_xml(&sample_record()).replace("address=", "addr=");
+        let no_addr = namespaced(&record_xml(&sample_record())).replace("address=", "addr=");
         assert!(matches!(
             parse_record(&no_addr),
             Err(MetadataError::Field("address"))

@@ -1,0 +1,457 @@
+//! The real tonic server on a real unix socket, over the fake hypervisor:
+//! validation, error codes, idempotency, admission and recovery rules.
+
+mod common;
+
+use common::{create_req, small_req, FakeAgent};
+use segment_agent::proto::agent::{
+    DeleteSegmentRequest, Flavor, GetHostRequest, GetSegmentRequest, ListSegmentsRequest,
+    SegmentState, StartSegmentRequest, StopSegmentRequest,
+};
+use std::collections::HashSet;
+use tonic::Code;
+
+#[tokio::test]
+async fn create_get_list_delete() {
+    let mut a = FakeAgent::start("").await;
+    let s = a
+        .client
+        .create_segment(create_req("web-1", "c1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(s.state(), SegmentState::Running);
+    assert_eq!(s.public_ipv4, "203.0.113.10");
+    assert_eq!(
+        s.flavor,
+        Some(Flavor {
+            memory_mib: 4096,
+            vcpus: 2
+        })
+    );
+    assert_eq!(s.image, "dev");
+    let xml = a.hv.domain_xml("seg-web-1").unwrap();
+    assert!(
+        xml.contains("<quota>200000</quota>")
+            && xml.contains("<memory unit=\"KiB\">4194304</memory>")
+    );
+    let got = a
+        .client
+        .get_segment(GetSegmentRequest {
+            segment_id: "web-1".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(got.into_inner(), s);
+    a.client
+        .create_segment(create_req("db-1", "c2"))
+        .await
+        .unwrap();
+    let all = a
+        .client
+        .list_segments(ListSegmentsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(all.segments.len(), 2);
+    let c2 = a
+        .client
+        .list_segments(ListSegmentsRequest {
+            cluster_id: "c2".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        c2.into_inner()
+            .segments
+            .iter()
+            .map(|s| s.segment_id.as_str())
+            .collect::<Vec<_>>(),
+        ["db-1"]
+    );
+    a.client
+        .delete_segment(DeleteSegmentRequest {
+            segment_id: "web-1".into(),
+        })
+        .await
+        .unwrap();
+    assert!(a.hv.domain_xml("seg-web-1").is_none());
+    assert!(!a.dir.path().join("segments/web-1").exists());
+    let gone = a
+        .client
+        .get_segment(GetSegmentRequest {
+            segment_id: "web-1".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code(), Code::NotFound);
+    let again = a
+        .client
+        .delete_segment(DeleteSegmentRequest {
+            segment_id: "web-1".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), Code::NotFound);
+    // The freed address is the lowest free one again.
+    let s = a
+        .client
+        .create_segment(create_req("web-2", "c1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(s.public_ipv4, "203.0.113.10");
+}
+
+#[tokio::test]
+async fn invalid_arguments_are_refused_before_anything_happens() {
+    let mut a = FakeAgent::start("").await;
+    let long = "a".repeat(64);
+    let bad_ids = ["../x", "A", long.as_str(), "", "a b", "a_b"];
+    for id in bad_ids {
+        let e = a
+            .client
+            .create_segment(create_req(id, "c1"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{id:?}: {e:?}");
+        assert!(e.message().contains("segment_id"), "{}", e.message());
+        let e = a
+            .client
+            .get_segment(GetSegmentRequest {
+                segment_id: id.into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        let e = a
+            .client
+            .delete_segment(DeleteSegmentRequest {
+                segment_id: id.into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+    }
+    let mut cases = vec![
+        create_req("ok", "../c"),
+        CreateReqBuilder::flavor(65536, 0),
+        CreateReqBuilder::flavor(0, 64),
+        CreateReqBuilder::flavor(16, 0),
+    ];
+    let mut image = create_req("ok", "c1");
+    image.image = "../../etc".into();
+    cases.push(image);
+    let mut labels = create_req("ok", "c1");
+    labels.labels.insert("Bad Key".into(), "v".into());
+    cases.push(labels);
+    for req in cases {
+        let e = a.client.create_segment(req.clone()).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{req:?}");
+    }
+    assert!(
+        a.hv.calls().iter().all(|c| !c.starts_with("define")),
+        "{:?}",
+        a.hv.calls()
+    );
+    assert!(
+        !a.dir.path().join("segments").exists()
+            || std::fs::read_dir(a.dir.path().join("segments"))
+                .unwrap()
+                .count()
+                == 0
+    );
+}
+
+struct CreateReqBuilder;
+impl CreateReqBuilder {
+    fn flavor(memory_mib: u32, vcpus: u32) -> segment_agent::proto::agent::CreateSegmentRequest {
+        let mut r = create_req("ok", "c1");
+        r.flavor = Some(Flavor { memory_mib, vcpus });
+        r
+    }
+}
+
+#[tokio::test]
+async fn same_id_same_spec_is_a_retry_another_spec_a_conflict() {
+    let mut a = FakeAgent::start("").await;
+    let first = a
+        .client
+        .create_segment(small_req("web-1", "c1"))
+        .await
+        .unwrap()
+        .into_inner();
+    let again = a
+        .client
+        .create_segment(small_req("web-1", "c1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first, again);
+    let defines =
+        a.hv.calls()
+            .iter()
+            .filter(|c| c.starts_with("define"))
+            .count();
+    assert_eq!(defines, 1, "a retry defines nothing");
+    for (req, field) in [
+        (small_req("web-1", "c2"), "cluster_id"),
+        (create_req("web-1", "c1"), "flavor"),
+        (
+            {
+                let mut r = small_req("web-1", "c1");
+                r.labels.insert("a".into(), "b".into());
+                r
+            },
+            "labels",
+        ),
+    ] {
+        let e = a.client.create_segment(req).await.unwrap_err();
+        assert_eq!(e.code(), Code::AlreadyExists);
+        assert!(e.message().contains(field), "{}", e.message());
+    }
+}
+
+#[tokio::test]
+async fn exhaustion_is_resource_exhausted_and_leaves_nothing_behind() {
+    let mut a = FakeAgent::start("[network]\nranges = [\"203.0.113.10-203.0.113.11\"]\n").await;
+    a.client.create_segment(small_req("a", "c")).await.unwrap();
+    a.client.create_segment(small_req("b", "c")).await.unwrap();
+    let e = a
+        .client
+        .create_segment(small_req("c", "c"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted);
+    assert!(e.message().contains("address pool"), "{}", e.message());
+    assert!(a.hv.domain_xml("seg-c").is_none());
+    assert!(!a.dir.path().join("segments/c").exists());
+
+    let mut m =
+        FakeAgent::start("[capacity]\nreserved_memory_mib = 0\nmemory_overcommit_ratio = 0.25\n")
+            .await;
+    // 24 GiB x 0.25 = 6 GiB allocatable: one 4 GiB segment fits, two do not.
+    m.client.create_segment(create_req("a", "c")).await.unwrap();
+    let e = m
+        .client
+        .create_segment(create_req("b", "c"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted);
+    assert!(e.message().contains("memory"), "{}", e.message());
+    let host = m
+        .client
+        .get_host(GetHostRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (
+            host.segments_used,
+            host.memory_allocated_mib,
+            host.memory_allocatable_mib
+        ),
+        (1, 4096, 6144)
+    );
+    assert_eq!(host.address_pool_free, host.address_pool_size - 1);
+}
+
+#[tokio::test]
+async fn concurrent_creates_never_share_an_address() {
+    let a = FakeAgent::start("").await;
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let mut client = a.client.clone();
+        tasks.push(tokio::spawn(async move {
+            client
+                .create_segment(small_req(&format!("s{i}"), "c"))
+                .await
+                .unwrap()
+                .into_inner()
+                .public_ipv4
+        }));
+    }
+    let mut seen = HashSet::new();
+    for t in tasks {
+        assert!(seen.insert(t.await.unwrap()));
+    }
+    assert_eq!(seen.len(), 40);
+}
+
+#[tokio::test]
+async fn failed_create_is_undone() {
+    let mut a = FakeAgent::start("").await;
+    a.hv.fail_on("start");
+    let e = a
+        .client
+        .create_segment(create_req("web-1", "c1"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Internal);
+    assert!(e.message().contains("injected failure"), "{}", e.message());
+    assert!(
+        a.hv.domain_xml("seg-web-1").is_none(),
+        "domain undefined again"
+    );
+    assert!(
+        !a.dir.path().join("segments/web-1").exists(),
+        "rootfs removed"
+    );
+    let host = a
+        .client
+        .get_host(GetHostRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (host.segments_used, host.address_pool_free),
+        (0, host.address_pool_size)
+    );
+}
+
+#[tokio::test]
+async fn libvirt_down_is_unavailable() {
+    let mut a = FakeAgent::start("").await;
+    a.client
+        .create_segment(small_req("web-1", "c1"))
+        .await
+        .unwrap();
+    a.hv.set_down(true);
+    let e = a
+        .client
+        .create_segment(small_req("web-2", "c1"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    let e = a.client.get_host(GetHostRequest {}).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable);
+    // The registry still answers, with the state marked unknown.
+    let s = a
+        .client
+        .get_segment(GetSegmentRequest {
+            segment_id: "web-1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(s.state(), SegmentState::Failed);
+    assert!(s.state_reason.contains("libvirtd"));
+    a.hv.set_down(false);
+    let s = a
+        .client
+        .create_segment(small_req("web-2", "c1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        s.public_ipv4, "203.0.113.11",
+        "nothing leaked by the failed attempt"
+    );
+}
+
+#[tokio::test]
+async fn stop_and_start() {
+    let mut a = FakeAgent::start("").await;
+    a.client
+        .create_segment(small_req("web-1", "c1"))
+        .await
+        .unwrap();
+    let req = StopSegmentRequest {
+        segment_id: "web-1".into(),
+        timeout_seconds: 1,
+    };
+    let s = a
+        .client
+        .stop_segment(req.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(s.state(), SegmentState::Stopped);
+    assert_eq!(
+        a.client
+            .stop_segment(req)
+            .await
+            .unwrap()
+            .into_inner()
+            .state(),
+        SegmentState::Stopped
+    );
+    let s = a
+        .client
+        .start_segment(StartSegmentRequest {
+            segment_id: "web-1".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(s.into_inner().state(), SegmentState::Running);
+    let e = a
+        .client
+        .start_segment(StartSegmentRequest {
+            segment_id: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn restart_rebuilds_everything_from_the_hypervisor() {
+    let mut a = FakeAgent::start("").await;
+    a.client
+        .create_segment(small_req("run", "c1"))
+        .await
+        .unwrap();
+    a.client
+        .create_segment(small_req("stop", "c1"))
+        .await
+        .unwrap();
+    a.client
+        .create_segment(small_req("crashed", "c1"))
+        .await
+        .unwrap();
+    a.client
+        .stop_segment(StopSegmentRequest {
+            segment_id: "stop".into(),
+            timeout_seconds: 1,
+        })
+        .await
+        .unwrap();
+    let (hv, dir) = a.shut_down().await;
+    hv.crash("seg-crashed");
+    // A create cut off before define leaves a directory and no domain.
+    std::fs::create_dir_all(dir.path().join("segments/orphan/rootfs")).unwrap();
+    let mut b = FakeAgent::start_with(hv, dir, "").await;
+    let list = b
+        .client
+        .list_segments(ListSegmentsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let states: Vec<_> = list
+        .segments
+        .iter()
+        .map(|s| (s.segment_id.as_str(), s.state(), s.public_ipv4.as_str()))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("crashed", SegmentState::Running, "203.0.113.12"),
+            ("run", SegmentState::Running, "203.0.113.10"),
+            ("stop", SegmentState::Stopped, "203.0.113.11"),
+        ]
+    );
+    assert!(
+        !b.dir.path().join("segments/orphan").exists(),
+        "orphan removed"
+    );
+    let next = b
+        .client
+        .create_segment(small_req("next", "c1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        next.public_ipv4, "203.0.113.13",
+        "pool rebuilt: no address given twice"
+    );
+}

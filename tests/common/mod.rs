@@ -1,0 +1,151 @@
+//! Helpers shared by the integration tests: gRPC clients on unix sockets,
+//! an in-process agent over fakes, and the real agent binary run inside the
+//! sandbox network namespace against the real libvirtd.
+
+#![allow(dead_code)]
+
+pub mod real;
+
+use hyper_util::rt::TokioIo;
+use segment_agent::{
+    agent,
+    api::Listeners,
+    config::{Config, ListenConfig},
+    host::HostFacts,
+    hypervisor::{fake::FakeHypervisor, Hypervisor},
+    images::ImageStore,
+    proto::agent::{segment_agent_client::SegmentAgentClient, CreateSegmentRequest, Flavor},
+    segment::{Backends, SegmentManager},
+    storage::{PlainDirStorage, SegmentStorage},
+};
+use std::{path::Path, sync::Arc, time::Duration};
+use tokio::{net::UnixStream, sync::oneshot};
+use tonic::transport::{Channel, Endpoint, Uri};
+
+/// A gRPC channel over a unix socket.
+pub async fn unix_channel(path: &Path) -> Channel {
+    let path = path.to_owned();
+    Endpoint::try_from("http://localhost")
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let path = path.clone();
+            async move { UnixStream::connect(path).await.map(TokioIo::new) }
+        }))
+        .await
+        .expect("connecting to the agent socket")
+}
+
+/// A CreateSegment request with the host's defaults.
+pub fn create_req(id: &str, cluster: &str) -> CreateSegmentRequest {
+    CreateSegmentRequest {
+        segment_id: id.into(),
+        cluster_id: cluster.into(),
+        ..Default::default()
+    }
+}
+
+/// A CreateSegment request with a small flavor.
+pub fn small_req(id: &str, cluster: &str) -> CreateSegmentRequest {
+    CreateSegmentRequest {
+        flavor: Some(Flavor {
+            memory_mib: 256,
+            vcpus: 1,
+        }),
+        ..create_req(id, cluster)
+    }
+}
+
+/// Writes a minimal image (no real rootfs is needed by the fakes).
+pub fn fake_image(images: &Path, name: &str) {
+    std::fs::create_dir_all(images.join(name).join("rootfs")).unwrap();
+    std::fs::write(
+        images.join(name).join("image.toml"),
+        "init = \"/sbin/init\"\n",
+    )
+    .unwrap();
+}
+
+/// The real tonic server on a real unix socket, over the fake hypervisor
+/// and plain directories.
+pub struct FakeAgent {
+    pub dir: tempfile::TempDir,
+    pub hv: Arc<FakeHypervisor>,
+    pub client: SegmentAgentClient<Channel>,
+    pub manager: Arc<SegmentManager>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl FakeAgent {
+    /// Starts an agent with `extra` TOML appended to a test configuration.
+    pub async fn start(extra: &str) -> Self {
+        Self::start_with(
+            Arc::new(FakeHypervisor::new()),
+            tempfile::tempdir().unwrap(),
+            extra,
+        )
+        .await
+    }
+
+    /// Starts an agent over an existing fake and state dir (an agent restart).
+    pub async fn start_with(hv: Arc<FakeHypervisor>, dir: tempfile::TempDir, extra: &str) -> Self {
+        let socket = dir.path().join("agent.sock");
+        fake_image(&dir.path().join("images"), "dev");
+        let text = format!(
+            "state_dir = {:?}\ndefault_image = \"dev\"\n{extra}",
+            dir.path().display().to_string()
+        );
+        let mut config = Config::from_toml(&text).unwrap();
+        config.listen = ListenConfig {
+            socket: socket.clone(),
+            ..ListenConfig::default()
+        };
+        let host = HostFacts {
+            host_id: "test-host".into(),
+            cpus: 2,
+            memory_mib: 24 * 1024,
+        };
+        let backends = Backends {
+            hypervisor: hv.clone() as Arc<dyn Hypervisor>,
+            storage: Arc::new(PlainDirStorage::new(dir.path().join("segments")))
+                as Arc<dyn SegmentStorage>,
+            images: ImageStore::new(dir.path().join("images")),
+        };
+        let manager = Arc::new(SegmentManager::new(
+            backends,
+            agent::registry(&config, &host).unwrap(),
+            agent::settings(&config).unwrap(),
+        ));
+        manager.recover().await.unwrap();
+        let listeners = Listeners::bind(&config.listen).await.unwrap();
+        let (stop, stopped) = oneshot::channel();
+        let m = manager.clone();
+        let task = tokio::spawn(async move {
+            agent::serve(m, host, listeners, async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        });
+        let client = SegmentAgentClient::new(unix_channel(&socket).await);
+        FakeAgent {
+            dir,
+            hv,
+            client,
+            manager,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Stops serving and hands back the fake and state dir.
+    pub async fn shut_down(mut self) -> (Arc<FakeHypervisor>, tempfile::TempDir) {
+        let _ = self.stop.take().unwrap().send(());
+        tokio::time::timeout(Duration::from_secs(5), self.task.take().unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        (self.hv.clone(), dir)
+    }
+}

@@ -1,0 +1,237 @@
+//! The real agent binary against the real libvirtd, inside the sandbox
+//! network namespace that `scripts/test` prepares. Missing environment is a
+//! failure, never a skip.
+
+use super::unix_channel;
+use segment_agent::proto::agent::segment_agent_client::SegmentAgentClient;
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+use tonic::transport::Channel;
+
+/// Where `scripts/test` keeps images and test state (a shared mount).
+pub const STATE_ROOT: &str = "/var/lib/segment-agent";
+/// The sandbox network namespace.
+pub const NETNS: &str = "/run/netns/segment-sandbox";
+
+/// Fails the test unless the sandbox, libvirtd and the dev image are there.
+pub fn require_environment() {
+    let hint = "the end-to-end environment is missing: run scripts/test (or scripts/dev-up) first";
+    assert!(Path::new(NETNS).exists(), "{NETNS} does not exist; {hint}");
+    let virsh = Command::new("virsh")
+        .args(["-q", "-c", "lxc:///", "version"])
+        .output();
+    assert!(
+        virsh.is_ok_and(|o| o.status.success()),
+        "libvirtd does not answer on lxc:///; {hint}"
+    );
+    let image = Path::new(STATE_ROOT).join("images/dev/image.toml");
+    assert!(image.exists(), "{} is missing; {hint}", image.display());
+}
+
+/// Runs a command in the sandbox network namespace and returns its output.
+pub fn in_sandbox(args: &[&str]) -> std::process::Output {
+    Command::new("nsenter")
+        .arg(format!("--net={NETNS}"))
+        .args(args)
+        .output()
+        .expect("running nsenter")
+}
+
+/// Whether `addr` answers ping from the sandbox.
+pub fn pings(addr: &str) -> bool {
+    in_sandbox(&["ping", "-c", "1", "-W", "2", addr])
+        .status
+        .success()
+}
+
+/// Runs virsh against lxc:///.
+pub fn virsh(args: &[&str]) -> std::process::Output {
+    Command::new("virsh")
+        .args(["-q", "-c", "lxc:///"])
+        .args(args)
+        .output()
+        .expect("running virsh")
+}
+
+/// Whether libvirt has a domain of that name.
+pub fn domain_exists(name: &str) -> bool {
+    virsh(&["domstate", name]).status.success()
+}
+
+/// The cgroup v1 directory of a running domain for `controller`.
+pub fn cgroup_dir(controller: &str, domain: &str) -> Option<PathBuf> {
+    let base = Path::new("/sys/fs/cgroup").join(controller).join("machine");
+    let suffix = format!("-{domain}.libvirt-lxc");
+    std::fs::read_dir(base)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("lxc-") && n.ends_with(&suffix))
+        })
+}
+
+/// The host PID of a running domain's init (libvirt names the cgroup after it).
+pub fn init_pid(domain: &str) -> Option<u32> {
+    let dir = cgroup_dir("memory", domain)?;
+    let name = dir.file_name()?.to_str()?.to_owned();
+    name.strip_prefix("lxc-")?.split('-').next()?.parse().ok()
+}
+
+/// Whether something is mounted at `path`.
+pub fn mounted(path: &Path) -> bool {
+    let wanted = path.to_string_lossy().into_owned();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(wanted.as_str()))
+}
+
+/// The agent binary under test, run as a child process in the sandbox.
+pub struct RealAgent {
+    /// Prefix of every segment id this test uses (also its state dir name).
+    pub prefix: String,
+    /// The agent's state dir.
+    pub state_dir: PathBuf,
+    /// Its API socket.
+    pub socket: PathBuf,
+    /// Its configuration file.
+    pub config: PathBuf,
+    child: Option<Child>,
+}
+
+impl RealAgent {
+    /// Starts an agent for test `prefix` with its own state dir and the
+    /// address `range` (disjoint from the dev agent's and other tests').
+    pub async fn start(prefix: &str, range: &str, extra: &str) -> Self {
+        require_environment();
+        let state_dir = Path::new(STATE_ROOT).join(format!("test-{prefix}"));
+        cleanup(prefix, &state_dir);
+        std::fs::create_dir_all(&state_dir).unwrap();
+        std::os::unix::fs::symlink(
+            Path::new(STATE_ROOT).join("images"),
+            state_dir.join("images"),
+        )
+        .unwrap();
+        let socket = state_dir.join("agent.sock");
+        let config = state_dir.join("agent.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "state_dir = {sd:?}\ndefault_image = \"dev\"\n\
+                 [listen]\nsocket = {sock:?}\n\
+                 [network]\nranges = [{range:?}]\n\
+                 [capacity]\nmemory_overcommit_ratio = 10.0\n{extra}\n",
+                sd = state_dir.display().to_string(),
+                sock = socket.display().to_string(),
+            ),
+        )
+        .unwrap();
+        let mut agent = RealAgent {
+            prefix: prefix.into(),
+            state_dir,
+            socket,
+            config,
+            child: None,
+        };
+        agent.spawn().await;
+        agent
+    }
+
+    /// Starts the agent process (again) and waits until it serves.
+    pub async fn spawn(&mut self) {
+        assert!(self.child.is_none(), "agent already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.state_dir.join("agent.log"))
+            .unwrap();
+        let child = Command::new("nsenter")
+            .arg(format!("--net={NETNS}"))
+            .arg(env!("CARGO_BIN_EXE_segment-agent"))
+            .args(["serve", "--config"])
+            .arg(&self.config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting the agent");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("agent exited with {status}; log:\n{}", self.log());
+            }
+            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("agent did not serve within 30 s; log:\n{}", self.log());
+    }
+
+    /// The agent's PID.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("agent running").id()
+    }
+
+    /// Sends `signal` and waits for the process to end.
+    pub fn kill(&mut self, signal: nix::sys::signal::Signal) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("agent running");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();
+        child.wait().unwrap()
+    }
+
+    /// A client of its API.
+    pub async fn client(&self) -> SegmentAgentClient<Channel> {
+        SegmentAgentClient::new(unix_channel(&self.socket).await)
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.state_dir.join("agent.log")).unwrap_or_default()
+    }
+
+    /// The directory of one segment.
+    pub fn segment_dir(&self, id: &str) -> PathBuf {
+        self.state_dir.join("segments").join(id)
+    }
+}
+
+impl Drop for RealAgent {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        cleanup(&self.prefix, &self.state_dir);
+    }
+}
+
+/// Removes every domain, mount and directory a test of `prefix` may have
+/// left (a failed assertion must not leak into the next run).
+fn cleanup(prefix: &str, state_dir: &Path) {
+    let listed = virsh(&["list", "--all", "--name"]);
+    let names = String::from_utf8_lossy(&listed.stdout).into_owned();
+    for name in names
+        .lines()
+        .filter(|n| n.starts_with(&format!("seg-{prefix}-")))
+    {
+        let _ = virsh(&["destroy", name]);
+        let _ = virsh(&["undefine", name]);
+    }
+    if let Ok(entries) = std::fs::read_dir(state_dir.join("segments")) {
+        for e in entries.flatten() {
+            let rootfs = e.path().join("rootfs");
+            if mounted(&rootfs) {
+                let _ = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(state_dir);
+}
