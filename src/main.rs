@@ -6,7 +6,11 @@ use clap::{Parser, Subcommand};
 use segment_agent::{
     agent, api::Listeners, config::Config, host::HostFacts, preflight, segment::SegmentManager,
 };
-use std::{path::PathBuf, process::ExitCode, sync::Arc};
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+    sync::Arc,
+};
 use tracing::info;
 
 #[derive(Parser)]
@@ -53,7 +57,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn check(path: &PathBuf) -> anyhow::Result<ExitCode> {
+fn check(path: &Path) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;
     let backends = agent::real_backends(&config);
     let checks = preflight::run(&config, backends.hypervisor.as_ref());
@@ -76,7 +80,7 @@ fn check(path: &PathBuf) -> anyhow::Result<ExitCode> {
 }
 
 #[tokio::main]
-async fn serve(path: &PathBuf) -> anyhow::Result<ExitCode> {
+async fn serve(path: &Path) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;
     let host = HostFacts::read("/proc".as_ref(), &config.host_id)?;
     let settings = agent::settings(&config)?;
