@@ -3,6 +3,7 @@
 
 use crate::{
     api::{self, Listeners, SegmentAgentService},
+    apparmor::{ApparmorMode, ProfileInstaller, ProfileLoader, PROFILE_NAME},
     config::{Config, ConfigError},
     host::HostFacts,
     hypervisor::{libvirt::Libvirt, Hypervisor},
@@ -12,7 +13,7 @@ use crate::{
     segment::{
         registry::{Capacity, Registry},
         spec::ImageName,
-        Backends, SegmentManager, Settings,
+        Backends, Confinement, SegmentManager, Settings,
     },
     storage::{OverlayStorage, SegmentStorage},
 };
@@ -37,8 +38,51 @@ pub fn settings(config: &Config) -> Result<Settings, ConfigError> {
         },
         cpu_period_us: config.lifecycle.cpu_period_us,
         stop_timeout: config.lifecycle.stop_timeout(),
-        apparmor_profile: None,
+        confinement: Confinement::Off,
     })
+}
+
+/// Installs and loads the segment profile when the configuration enforces
+/// AppArmor; the outcome decides whether segments may start. Blocks.
+pub fn confinement(config: &Config, loader: impl ProfileLoader) -> Confinement {
+    if config.apparmor == ApparmorMode::Off {
+        warn!("apparmor = \"off\": segments run unconfined");
+        return Confinement::Off;
+    }
+    if let Err(e) = loader.available() {
+        let reason = error_chain(&e);
+        warn!(%reason, "AppArmor enforcement configured but unavailable; no segment will be created or started");
+        return Confinement::Unavailable(reason);
+    }
+    let installer = ProfileInstaller::new(config.apparmor_profile_dir.clone(), loader);
+    match installer.install() {
+        Ok(outcome) => {
+            info!(
+                ?outcome,
+                profile = PROFILE_NAME,
+                "AppArmor profile in place"
+            );
+            Confinement::Enforced {
+                profile: PROFILE_NAME.into(),
+            }
+        }
+        Err(e) => Confinement::Unavailable(format!(
+            "installing the profile failed: {}",
+            error_chain(&e)
+        )),
+    }
+}
+
+/// An error and its sources on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 /// The registry of a configuration on a host: address pool and limits.

@@ -1,7 +1,10 @@
 //! The agent's configuration: one TOML file, unknown keys rejected, every
 //! field defaulted, checked by [`Config::validate`] before anything starts.
 
-use crate::segment::spec::{FlavorLimits, ImageName};
+use crate::{
+    apparmor::ApparmorMode,
+    segment::spec::{FlavorLimits, ImageName},
+};
 use serde::Deserialize;
 use std::{
     net::{Ipv4Addr, SocketAddr},
@@ -57,6 +60,13 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// Image used when a request names none.
     pub default_image: String,
+    /// `enforce`: every segment runs under the agent's AppArmor profile, and
+    /// no segment is created on a host without AppArmor. `off`: unconfined
+    /// (development hosts only).
+    pub apparmor: ApparmorMode,
+    /// Where the profile is installed (the directory the boot-time AppArmor
+    /// service loads).
+    pub apparmor_profile_dir: PathBuf,
     /// API listeners.
     pub listen: ListenConfig,
     /// Segment addressing.
@@ -76,6 +86,8 @@ impl Default for Config {
             libvirt_uri: "lxc:///".into(),
             state_dir: "/var/lib/segment-agent".into(),
             default_image: "docker".into(),
+            apparmor: ApparmorMode::Enforce,
+            apparmor_profile_dir: crate::apparmor::DEFAULT_PROFILE_DIR.into(),
             listen: ListenConfig::default(),
             network: NetworkConfig::default(),
             flavor: FlavorConfig::default(),
@@ -374,6 +386,7 @@ mod tests {
     fn rejects_bad_values() {
         let cases = [
             ("colour = 1", "unknown"),
+            ("apparmor = \"complain\"", "apparmor"),
             ("[network]\nbridj = \"x\"", "unknown"),
             ("default_image = \"../x\"", "default_image"),
             ("state_dir = \"relative\"", "state_dir"),

@@ -8,6 +8,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod apparmor;
 pub mod config;
 pub mod host;
 pub mod hypervisor;

@@ -4,7 +4,8 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use segment_agent::{
-    agent, api::Listeners, config::Config, host::HostFacts, preflight, segment::SegmentManager,
+    agent, api::Listeners, apparmor::ApparmorParser, config::Config, host::HostFacts, preflight,
+    segment::SegmentManager,
 };
 use std::{
     path::{Path, PathBuf},
@@ -60,7 +61,11 @@ fn main() -> ExitCode {
 fn check(path: &Path) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;
     let backends = agent::real_backends(&config);
-    let checks = preflight::run(&config, backends.hypervisor.as_ref());
+    let checks = preflight::run(
+        &config,
+        backends.hypervisor.as_ref(),
+        &ApparmorParser::default(),
+    );
     let mut failed = 0;
     for c in &checks {
         match &c.result {
@@ -83,7 +88,11 @@ fn check(path: &Path) -> anyhow::Result<ExitCode> {
 async fn serve(path: &Path) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;
     let host = HostFacts::read("/proc".as_ref(), &config.host_id)?;
-    let settings = agent::settings(&config)?;
+    let mut settings = agent::settings(&config)?;
+    let c = config.clone();
+    settings.confinement =
+        tokio::task::spawn_blocking(move || agent::confinement(&c, ApparmorParser::default()))
+            .await?;
     let registry = agent::registry(&config, &host)?;
     let manager = Arc::new(SegmentManager::new(
         agent::real_backends(&config),

@@ -2,7 +2,11 @@
 //! each checked and reported, so an operator sees all problems at once.
 
 use crate::{
-    config::Config, hypervisor::Hypervisor, images::ImageStore, network::SegmentNetwork,
+    apparmor::{ApparmorMode, ProfileLoader},
+    config::Config,
+    hypervisor::Hypervisor,
+    images::ImageStore,
+    network::SegmentNetwork,
     segment::spec::ImageName,
 };
 use std::path::Path;
@@ -17,7 +21,7 @@ pub struct Check {
 }
 
 /// Runs every check; the configuration has already been validated.
-pub fn run(config: &Config, hv: &dyn Hypervisor) -> Vec<Check> {
+pub fn run(config: &Config, hv: &dyn Hypervisor, apparmor: &dyn ProfileLoader) -> Vec<Check> {
     let mut checks = vec![Check {
         name: "config",
         result: Ok(format!("valid; address pool {:?}", config.network.ranges)),
@@ -56,6 +60,16 @@ pub fn run(config: &Config, hv: &dyn Hypervisor) -> Vec<Check> {
     checks.push(Check {
         name: "state dir",
         result: writable(&config.state_dir),
+    });
+    checks.push(Check {
+        name: "apparmor",
+        result: match config.apparmor {
+            ApparmorMode::Off => Ok("off: segments run unconfined (development hosts only)".into()),
+            ApparmorMode::Enforce => apparmor
+                .available()
+                .map(|()| "enforce: kernel AppArmor available".into())
+                .map_err(|e| crate::agent::error_chain(&e)),
+        },
     });
     checks
 }

@@ -455,3 +455,34 @@ async fn restart_rebuilds_everything_from_the_hypervisor() {
         "pool rebuilt: no address given twice"
     );
 }
+
+#[tokio::test]
+async fn enforcing_apparmor_without_apparmor_fails_closed() {
+    let mut a = FakeAgent::start("apparmor = \"enforce\"\n").await;
+    let e = a
+        .client
+        .create_segment(create_req("web-1", "c1"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(
+        e.message()
+            .contains("AppArmor is not available on this host"),
+        "{}",
+        e.message()
+    );
+    assert!(a.hv.calls().iter().all(|c| !c.starts_with("define")));
+    let host = a
+        .client
+        .get_host(GetHostRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        host.apparmor
+            .starts_with("unavailable: AppArmor is not available"),
+        "{}",
+        host.apparmor
+    );
+    assert_eq!(host.address_pool_free, host.address_pool_size);
+}

@@ -434,3 +434,38 @@ async fn grpcurl_uses_reflection_and_gets_clear_errors() {
     ]);
     assert!(!ok && out.contains("NotFound"), "{out}");
 }
+
+#[tokio::test]
+async fn apparmor_enforce_on_a_host_without_it_refuses_segments() {
+    let top = "apparmor = \"enforce\"\napparmor_profile_dir = \"/var/lib/segment-agent/test-aa/apparmor.d\"";
+    let agent = RealAgent::start_with("aa", "203.0.113.231", top, "").await;
+    // The preflight names the failure and exits non-zero.
+    let check = common::real::in_sandbox(&[
+        env!("CARGO_BIN_EXE_segment-agent"),
+        "check",
+        "--config",
+        agent.config.to_str().unwrap(),
+    ]);
+    let out = String::from_utf8_lossy(&check.stdout);
+    assert!(!check.status.success(), "{out}");
+    assert!(
+        out.contains("FAIL  apparmor") && out.contains("AppArmor is not available on this host"),
+        "{out}"
+    );
+    let mut c = agent.client().await;
+    let e = c.create_segment(small_req("aa-a", "c1")).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(
+        e.message()
+            .contains("AppArmor is not available on this host"),
+        "{}",
+        e.message()
+    );
+    assert!(!domain_exists("seg-aa-a"));
+    let host = c.get_host(GetHostRequest {}).await.unwrap().into_inner();
+    assert!(
+        host.apparmor.starts_with("unavailable"),
+        "{}",
+        host.apparmor
+    );
+}

@@ -90,6 +90,7 @@ impl SegmentAgent for SegmentAgentService {
             agent_version: env!("CARGO_PKG_VERSION").into(),
             libvirt_version,
             default_image: self.manager.settings().default_image.to_string(),
+            apparmor: self.manager.settings().confinement.describe(),
         }))
     }
 }

@@ -10,8 +10,14 @@ use clap::Parser;
 use hyper_util::rt::TokioIo;
 use segment_agent::{
     images::ImageStore,
-    proto::agent::{segment_agent_client::SegmentAgentClient, CreateSegmentRequest, DeleteSegmentRequest, Flavor},
-    segment::spec::{ClusterId, Desired, Flavor as SpecFlavor, ImageName, Labels, SegmentId, SegmentRecord, SegmentRequest},
+    proto::agent::{
+        segment_agent_client::SegmentAgentClient, CreateSegmentRequest, DeleteSegmentRequest,
+        Flavor,
+    },
+    segment::spec::{
+        ClusterId, Desired, Flavor as SpecFlavor, ImageName, Labels, SegmentId, SegmentRecord,
+        SegmentRequest,
+    },
     storage::{OverlayStorage, SegmentStorage},
     xml::{DomainSpec, FilesystemMount, NetworkInterface},
 };
@@ -50,15 +56,27 @@ async fn channel(path: PathBuf) -> Channel {
         .unwrap()
         .connect_with_connector(tower::service_fn(move |_: Uri| {
             let path = path.clone();
-            async move { tokio::net::UnixStream::connect(path).await.map(TokioIo::new) }
+            async move {
+                tokio::net::UnixStream::connect(path)
+                    .await
+                    .map(TokioIo::new)
+            }
         }))
         .await
         .expect("connect to the agent (run scripts/dev-up first)")
 }
 
 fn virsh(args: &[&str]) {
-    let out = Command::new("virsh").args(["-q", "-c", "lxc:///"]).args(args).output().unwrap();
-    assert!(out.status.success(), "virsh {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("virsh")
+        .args(["-q", "-c", "lxc:///"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "virsh {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// The baseline's domain: the same XML the agent writes, rootfs mounted
@@ -66,14 +84,19 @@ fn virsh(args: &[&str]) {
 fn baseline_domain(args: &Args, storage: &OverlayStorage, i: u32) -> (String, PathBuf) {
     let id = SegmentId::parse(&format!("benchv-{i}")).unwrap();
     let images = ImageStore::new(args.state_dir.join("images"));
-    let image = images.resolve(&ImageName::parse(&args.image).unwrap()).unwrap();
+    let image = images
+        .resolve(&ImageName::parse(&args.image).unwrap())
+        .unwrap();
     let dirs = storage.prepare(&id, &image).unwrap();
     let address = Ipv4Addr::from(u32::from(args.baseline_first) + i);
     let record = SegmentRecord {
         request: SegmentRequest {
             id: id.clone(),
             cluster: ClusterId::parse("bench").unwrap(),
-            flavor: SpecFlavor { memory_mib: args.memory_mib, vcpus: 2 },
+            flavor: SpecFlavor {
+                memory_mib: args.memory_mib,
+                vcpus: 2,
+            },
             image: image.name.clone(),
             labels: Labels::new(),
         },
@@ -88,7 +111,11 @@ fn baseline_domain(args: &Args, storage: &OverlayStorage, i: u32) -> (String, Pa
         vcpus: 2,
         cpu_period_us: 100_000,
         init: image.init.clone(),
-        filesystems: vec![FilesystemMount { source: dirs.rootfs, target: "/".into(), readonly: false }],
+        filesystems: vec![FilesystemMount {
+            source: dirs.rootfs,
+            target: "/".into(),
+            readonly: false,
+        }],
         interface: NetworkInterface {
             bridge: "segbr0".into(),
             address,
@@ -123,7 +150,10 @@ async fn main() {
         let req = CreateSegmentRequest {
             segment_id: format!("bench-{i}"),
             cluster_id: "bench".into(),
-            flavor: Some(Flavor { memory_mib: args.memory_mib, vcpus: 2 }),
+            flavor: Some(Flavor {
+                memory_mib: args.memory_mib,
+                vcpus: 2,
+            }),
             image: args.image.clone(),
             ..Default::default()
         };
@@ -147,21 +177,38 @@ async fn main() {
     }
     for i in 0..args.count {
         client
-            .delete_segment(DeleteSegmentRequest { segment_id: format!("bench-{i}") })
+            .delete_segment(DeleteSegmentRequest {
+                segment_id: format!("bench-{i}"),
+            })
             .await
             .expect("DeleteSegment");
     }
     for (name, xml, i) in baseline {
         virsh(&["destroy", &name]);
         virsh(&["undefine", &name]);
-        storage.remove(&SegmentId::parse(&format!("benchv-{i}")).unwrap()).unwrap();
+        storage
+            .remove(&SegmentId::parse(&format!("benchv-{i}")).unwrap())
+            .unwrap();
         let _ = std::fs::remove_file(xml);
     }
-    let (a, v, v1) = (median(&mut agent_t), median(&mut virsh_t), median(&mut virsh1_t));
-    println!("create latency, {} segments per side, interleaved, {} MiB / 2 vCPU, image {}", args.count, args.memory_mib, args.image);
+    let (a, v, v1) = (
+        median(&mut agent_t),
+        median(&mut virsh_t),
+        median(&mut virsh1_t),
+    );
+    println!(
+        "create latency, {} segments per side, interleaved, {} MiB / 2 vCPU, image {}",
+        args.count, args.memory_mib, args.image
+    );
     println!("  agent CreateSegment (gRPC, until RUNNING)  median {:7.1} ms   min {:7.1} ms   max {:7.1} ms", ms(a), ms(agent_t[0]), ms(*agent_t.last().unwrap()));
     println!("  virsh define + start (baseline)            median {:7.1} ms   min {:7.1} ms   max {:7.1} ms", ms(v), ms(virsh_t[0]), ms(*virsh_t.last().unwrap()));
     println!("  virsh 'define; start' in one process       median {:7.1} ms   min {:7.1} ms   max {:7.1} ms", ms(v1), ms(virsh1_t[0]), ms(*virsh1_t.last().unwrap()));
-    println!("  ratio agent / baseline (medians)           {:.2}x", a.as_secs_f64() / v.as_secs_f64());
-    println!("  ratio agent / one-process baseline         {:.2}x", a.as_secs_f64() / v1.as_secs_f64());
+    println!(
+        "  ratio agent / baseline (medians)           {:.2}x",
+        a.as_secs_f64() / v.as_secs_f64()
+    );
+    println!(
+        "  ratio agent / one-process baseline         {:.2}x",
+        a.as_secs_f64() / v1.as_secs_f64()
+    );
 }

@@ -23,6 +23,7 @@ impl SegmentManager {
         if let Some(existing) = self.registry.get(&request.id) {
             return self.existing(existing.record, &request).await;
         }
+        self.settings.confinement.require()?;
         let image = self.images.resolve(&request.image)?;
         let record = self.registry.admit(request, SystemTime::now())?;
         match self.provision(&record, &image).await {
@@ -103,7 +104,7 @@ impl SegmentManager {
                 prefix: s.network.prefix,
                 gateway: s.network.gateway,
             },
-            apparmor_profile: s.apparmor_profile.clone(),
+            apparmor_profile: s.confinement.profile(),
             record: record.clone(),
         }
     }

@@ -46,8 +46,53 @@ pub struct Settings {
     pub cpu_period_us: u64,
     /// Default graceful stop timeout.
     pub stop_timeout: Duration,
-    /// AppArmor profile for segments; `None` runs them unconfined.
-    pub apparmor_profile: Option<String>,
+    /// How segments are confined.
+    pub confinement: Confinement,
+}
+
+/// How segments are confined by AppArmor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Confinement {
+    /// Every segment runs under this loaded profile.
+    Enforced {
+        /// Profile name for the domain's `<seclabel>`.
+        profile: String,
+    },
+    /// Configured off: segments run unconfined (development hosts).
+    Off,
+    /// Configured to enforce, but the host cannot: no segment may start.
+    Unavailable(String),
+}
+
+impl Confinement {
+    /// The profile for the domain XML, if segments are confined.
+    pub fn profile(&self) -> Option<String> {
+        match self {
+            Confinement::Enforced { profile } => Some(profile.clone()),
+            _ => None,
+        }
+    }
+
+    /// Refuses to run a segment when enforcement was asked for and the host
+    /// cannot provide it (fail closed).
+    pub fn require(&self) -> Result<(), Error> {
+        match self {
+            Confinement::Unavailable(reason) => Err(Error::FailedPrecondition(format!(
+                "AppArmor is not available on this host ({reason}); segments are not started \
+                 unconfined unless the agent is configured with apparmor = \"off\""
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// One line for GetHost and reports.
+    pub fn describe(&self) -> String {
+        match self {
+            Confinement::Enforced { profile } => format!("enforce ({profile})"),
+            Confinement::Off => "off".into(),
+            Confinement::Unavailable(reason) => format!("unavailable: {reason}"),
+        }
+    }
 }
 
 /// The host's external systems, each behind its trait.

@@ -23,6 +23,7 @@ impl SegmentManager {
                 current.state
             )));
         }
+        self.settings.confinement.require()?;
         let image = self.images.resolve(&current.record.request.image)?;
         let sid = id.clone();
         self.storage_blocking(move |s| s.prepare(&sid, &image))

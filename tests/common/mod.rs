@@ -10,6 +10,7 @@ use hyper_util::rt::TokioIo;
 use segment_agent::{
     agent,
     api::Listeners,
+    apparmor::{ApparmorError, ProfileLoader, UnavailableReason},
     config::{Config, ListenConfig},
     host::HostFacts,
     hypervisor::{fake::FakeHypervisor, Hypervisor},
@@ -65,6 +66,22 @@ pub fn fake_image(images: &Path, name: &str) {
     .unwrap();
 }
 
+/// The AppArmor of a kernel without it (as on the project's machines).
+pub struct NoApparmor(pub std::path::PathBuf);
+
+impl ProfileLoader for NoApparmor {
+    fn available(&self) -> Result<(), ApparmorError> {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        Err(ApparmorError::Unavailable {
+            reason: UnavailableReason::ParamUnreadable(self.0.clone(), io),
+        })
+    }
+
+    fn load(&self, _: &Path) -> Result<(), ApparmorError> {
+        unreachable!("never loaded without AppArmor")
+    }
+}
+
 /// The real tonic server on a real unix socket, over the fake hypervisor
 /// and plain directories.
 pub struct FakeAgent {
@@ -91,8 +108,13 @@ impl FakeAgent {
     pub async fn start_with(hv: Arc<FakeHypervisor>, dir: tempfile::TempDir, extra: &str) -> Self {
         let socket = dir.path().join("agent.sock");
         fake_image(&dir.path().join("images"), "dev");
+        let apparmor = if extra.contains("apparmor =") {
+            ""
+        } else {
+            "apparmor = \"off\"\n"
+        };
         let text = format!(
-            "state_dir = {:?}\ndefault_image = \"dev\"\n{extra}",
+            "state_dir = {:?}\ndefault_image = \"dev\"\n{apparmor}{extra}",
             dir.path().display().to_string()
         );
         let mut config = Config::from_toml(&text).unwrap();
@@ -111,10 +133,13 @@ impl FakeAgent {
                 as Arc<dyn SegmentStorage>,
             images: ImageStore::new(dir.path().join("images")),
         };
+        let mut settings = agent::settings(&config).unwrap();
+        let loader = NoApparmor(dir.path().join("no-apparmor"));
+        settings.confinement = agent::confinement(&config, loader);
         let manager = Arc::new(SegmentManager::new(
             backends,
             agent::registry(&config, &host).unwrap(),
-            agent::settings(&config).unwrap(),
+            settings,
         ));
         manager.recover().await.unwrap();
         let listeners = Listeners::bind(&config.listen).await.unwrap();

@@ -109,6 +109,11 @@ impl RealAgent {
     /// Starts an agent for test `prefix` with its own state dir and the
     /// address `range` (disjoint from the dev agent's and other tests').
     pub async fn start(prefix: &str, range: &str, extra: &str) -> Self {
+        Self::start_with(prefix, range, "apparmor = \"off\"", extra).await
+    }
+
+    /// Like [`RealAgent::start`], with `top` holding top-level keys.
+    pub async fn start_with(prefix: &str, range: &str, top: &str, extra: &str) -> Self {
         require_environment();
         let state_dir = Path::new(STATE_ROOT).join(format!("test-{prefix}"));
         cleanup(prefix, &state_dir);
@@ -123,7 +128,7 @@ impl RealAgent {
         std::fs::write(
             &config,
             format!(
-                "state_dir = {sd:?}\ndefault_image = \"dev\"\n\
+                "state_dir = {sd:?}\ndefault_image = \"dev\"\n{top}\n\
                  [listen]\nsocket = {sock:?}\n\
                  [network]\nranges = [{range:?}]\n\
                  [capacity]\nmemory_overcommit_ratio = 10.0\n{extra}\n",
