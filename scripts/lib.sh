@@ -6,6 +6,7 @@ SANDBOX_BRIDGE=${SANDBOX_BRIDGE:-segbr0}
 SANDBOX_GATEWAY=${SANDBOX_GATEWAY:-203.0.113.1}
 STATE_DIR=${STATE_DIR:-/var/lib/segment-agent}
 RUN_DIR=${RUN_DIR:-/run/segment-agent}
+TOOLS_DIR=${TOOLS_DIR:-/usr/local/lib/segment-agent}
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 log() { printf '==> %s\n' "$*" >&2; }
@@ -105,4 +106,20 @@ host_up() {
     sandbox_network_up
     state_dir_shared
     libvirtd_up
+}
+
+# The agent's tools that segments use (bound read-only at /opt/segment-agent):
+# the Docker policy plugin. Replaced by rename, so a running plugin keeps
+# its old binary until its segment restarts Docker.
+install_tools() {
+    local bin=$1
+    install -d "$TOOLS_DIR/bin"
+    install -m 0755 "$bin" "$TOOLS_DIR/bin/.segment-authz.new"
+    mv -f "$TOOLS_DIR/bin/.segment-authz.new" "$TOOLS_DIR/bin/segment-authz"
+}
+
+# The images of development and tests: dev (busybox) and docker.
+build_images() {
+    "$REPO/scripts/build-image" --name dev --out "$STATE_DIR/images"
+    "$REPO/scripts/build-image" --name docker --out "$STATE_DIR/images" --docker
 }

@@ -3,22 +3,23 @@
 
 use crate::{
     api::{self, Listeners, SegmentAgentService},
-    apparmor::{ApparmorMode, ProfileInstaller, ProfileLoader, PROFILE_NAME},
+    apparmor::{ApparmorMode, PROFILE_NAME, ProfileInstaller, ProfileLoader},
     config::{Config, ConfigError},
+    docker::probe::TlsPing,
     host::HostFacts,
-    hypervisor::{libvirt::Libvirt, Hypervisor},
+    hypervisor::{Hypervisor, libvirt::Libvirt},
     images::ImageStore,
     network::SegmentNetwork,
     pool::AddressPool,
     segment::{
+        Backends, Confinement, DockerSettings, SegmentManager, Settings,
         registry::{Capacity, Registry},
         spec::ImageName,
-        Backends, Confinement, SegmentManager, Settings,
     },
     storage::{OverlayStorage, SegmentStorage},
 };
 use std::{future::Future, sync::Arc, time::Duration};
-use tonic_health::{server::HealthReporter, ServingStatus};
+use tonic_health::{ServingStatus, server::HealthReporter};
 use tracing::{info, warn};
 
 /// The lifecycle settings of a configuration.
@@ -39,6 +40,13 @@ pub fn settings(config: &Config) -> Result<Settings, ConfigError> {
         cpu_period_us: config.lifecycle.cpu_period_us,
         stop_timeout: config.lifecycle.stop_timeout(),
         confinement: Confinement::Off,
+        docker: DockerSettings {
+            tools_dir: config.docker.tools_dir.clone(),
+            ready_timeout: Duration::from_secs(config.docker.ready_timeout_seconds.into()),
+            cert_validity: Duration::from_secs(
+                u64::from(config.docker.cert_validity_days) * 86_400,
+            ),
+        },
     })
 }
 
@@ -106,6 +114,7 @@ pub fn real_backends(config: &Config) -> Backends {
         storage: Arc::new(OverlayStorage::new(config.state_dir.join("segments")))
             as Arc<dyn SegmentStorage>,
         images: ImageStore::new(config.state_dir.join("images")),
+        probe: Arc::new(TlsPing),
     }
 }
 

@@ -237,10 +237,10 @@ fn write_err(path: &Path) -> impl Fn(io::Error) -> ApparmorError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
-    use std::sync::Mutex;
-    use tempfile::TempDir;
     use InstallOutcome::{Loaded, Unchanged};
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    use tempfile::TempDir;
 
     const NEW: &str = PROFILE_TEXT;
     const OLD: &str = "profile segment-agent-segment {}\n";
@@ -379,7 +379,7 @@ mod tests {
 
     #[test]
     fn mode_reads_lowercase_names_and_defaults_to_enforce() {
-        use serde::de::{value, IntoDeserializer};
+        use serde::de::{IntoDeserializer, value};
         let parse = |text: &str| {
             let de: value::StrDeserializer<'_, value::Error> = text.into_deserializer();
             ApparmorMode::deserialize(de).ok()

@@ -77,6 +77,33 @@ pub struct Config {
     pub capacity: CapacityConfig,
     /// Segment lifecycle timing.
     pub lifecycle: LifecycleConfig,
+    /// Docker inside segments.
+    pub docker: DockerConfig,
+}
+
+/// Docker inside segments.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DockerConfig {
+    /// Host directory bind-mounted read-only at `/opt/segment-agent` in every
+    /// Docker segment; holds `bin/segment-authz`, the policy plugin.
+    pub tools_dir: PathBuf,
+    /// How long CreateSegment and RebuildSegment wait for Docker to answer
+    /// `/_ping` over TLS before the segment is FAILED.
+    pub ready_timeout_seconds: u32,
+    /// Validity of the server certificates the agent issues (never past the
+    /// cluster CA's own).
+    pub cert_validity_days: u32,
+}
+
+impl Default for DockerConfig {
+    fn default() -> Self {
+        Self {
+            tools_dir: "/usr/local/lib/segment-agent".into(),
+            ready_timeout_seconds: 60,
+            cert_validity_days: 365,
+        }
+    }
 }
 
 impl Default for Config {
@@ -93,6 +120,7 @@ impl Default for Config {
             flavor: FlavorConfig::default(),
             capacity: CapacityConfig::default(),
             lifecycle: LifecycleConfig::default(),
+            docker: DockerConfig::default(),
         }
     }
 }
@@ -289,6 +317,15 @@ impl Config {
         if c.max_segments == 0 {
             return Err(invalid("capacity.max_segments", "must be at least 1"));
         }
+        if self.docker.ready_timeout_seconds == 0 {
+            return Err(invalid(
+                "docker.ready_timeout_seconds",
+                "must be at least 1",
+            ));
+        }
+        if self.docker.cert_validity_days == 0 {
+            return Err(invalid("docker.cert_validity_days", "must be at least 1"));
+        }
         if self.lifecycle.cpu_period_us < 1000 || self.lifecycle.cpu_period_us > 1_000_000 {
             return Err(invalid(
                 "lifecycle.cpu_period_us",
@@ -314,13 +351,14 @@ impl Config {
                 "tls_cert, tls_key and tls_client_ca go together (mutual TLS only)",
             ));
         }
-        if let Some(addr) = l.tcp {
-            if given == 0 && !addr.ip().is_loopback() {
-                return Err(invalid(
-                    "listen.tcp",
-                    format!("{addr} is not loopback: plaintext TCP is refused, set the TLS files"),
-                ));
-            }
+        if let Some(addr) = l.tcp
+            && given == 0
+            && !addr.ip().is_loopback()
+        {
+            return Err(invalid(
+                "listen.tcp",
+                format!("{addr} is not loopback: plaintext TCP is refused, set the TLS files"),
+            ));
         }
         Ok(())
     }

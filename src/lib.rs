@@ -9,7 +9,9 @@
 pub mod agent;
 pub mod api;
 pub mod apparmor;
+pub mod certs;
 pub mod config;
+pub mod docker;
 pub mod host;
 pub mod hypervisor;
 pub mod images;

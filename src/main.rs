@@ -124,7 +124,7 @@ async fn serve(path: &Path) -> anyhow::Result<ExitCode> {
 
 /// SIGTERM or SIGINT: stop serving; segments are left running.
 async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
+    use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
     tokio::select! {

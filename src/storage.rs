@@ -5,7 +5,7 @@
 use crate::{images::Image, segment::spec::SegmentId};
 use std::{
     io,
-    os::unix::fs::MetadataExt,
+    os::unix::fs::{MetadataExt, PermissionsExt},
     path::{Path, PathBuf},
 };
 
@@ -32,6 +32,32 @@ fn err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StorageError 
 pub struct SegmentDirs {
     /// The segment's root filesystem (an overlay mount).
     pub rootfs: PathBuf,
+    /// Bound at `/var/lib/docker`: a plain directory, since overlay2 refuses
+    /// an overlay upper. Survives rebuilds.
+    pub docker_data: PathBuf,
+    /// Bound at `/etc/docker`: daemon.json and the TLS files the agent
+    /// writes; read-write because dockerd writes `key.json` there.
+    pub docker_config: PathBuf,
+}
+
+impl SegmentDirs {
+    /// The directories of the segment whose files live under `base`.
+    pub fn under(base: &Path) -> Self {
+        Self {
+            rootfs: base.join("rootfs"),
+            docker_data: base.join("docker"),
+            docker_config: base.join("etc-docker"),
+        }
+    }
+
+    fn create(&self) -> Result<(), StorageError> {
+        for d in [&self.rootfs, &self.docker_data, &self.docker_config] {
+            std::fs::create_dir_all(d).map_err(err("create", d))?;
+        }
+        // The server key lives here.
+        std::fs::set_permissions(&self.docker_config, std::fs::Permissions::from_mode(0o700))
+            .map_err(err("chmod", &self.docker_config))
+    }
 }
 
 /// Per-segment filesystems.
@@ -76,8 +102,10 @@ pub fn is_mount_point(path: &Path) -> io::Result<bool> {
 impl SegmentStorage for OverlayStorage {
     fn prepare(&self, id: &SegmentId, image: &Image) -> Result<SegmentDirs, StorageError> {
         let base = self.segment_dir(id);
-        let (upper, work, rootfs) = (base.join("upper"), base.join("work"), base.join("rootfs"));
-        for d in [&upper, &work, &rootfs] {
+        let dirs = SegmentDirs::under(&base);
+        dirs.create()?;
+        let (upper, work, rootfs) = (base.join("upper"), base.join("work"), dirs.rootfs.clone());
+        for d in [&upper, &work] {
             std::fs::create_dir_all(d).map_err(err("create", d))?;
         }
         if !is_mount_point(&rootfs).map_err(err("stat", &rootfs))? {
@@ -98,7 +126,7 @@ impl SegmentStorage for OverlayStorage {
             )
             .map_err(|e| err("mount overlay on", &rootfs)(e.into()))?;
         }
-        Ok(SegmentDirs { rootfs })
+        Ok(dirs)
     }
 
     fn remove(&self, id: &SegmentId) -> Result<(), StorageError> {
@@ -151,9 +179,9 @@ impl PlainDirStorage {
 
 impl SegmentStorage for PlainDirStorage {
     fn prepare(&self, id: &SegmentId, _image: &Image) -> Result<SegmentDirs, StorageError> {
-        let rootfs = self.dir.join(id.as_str()).join("rootfs");
-        std::fs::create_dir_all(&rootfs).map_err(err("create", &rootfs))?;
-        Ok(SegmentDirs { rootfs })
+        let dirs = SegmentDirs::under(&self.dir.join(id.as_str()));
+        dirs.create()?;
+        Ok(dirs)
     }
 
     fn remove(&self, id: &SegmentId) -> Result<(), StorageError> {

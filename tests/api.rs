@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{create_req, small_req, FakeAgent};
+use common::{FakeAgent, create_req, small_req};
 use segment_agent::proto::agent::{
     DeleteSegmentRequest, Flavor, GetHostRequest, GetSegmentRequest, ListSegmentsRequest,
     SegmentState, StartSegmentRequest, StopSegmentRequest,

@@ -6,7 +6,7 @@ mod common;
 
 use common::{
     create_req,
-    real::{cgroup_dir, domain_exists, init_pid, mounted, pings, virsh, RealAgent},
+    real::{RealAgent, cgroup_dir, domain_exists, init_pid, mounted, pings, virsh},
     small_req,
 };
 use nix::sys::signal::Signal;

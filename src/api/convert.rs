@@ -1,21 +1,33 @@
 //! Conversions between protobuf messages and domain values.
 
 use crate::{
+    certs::ClusterCa,
     proto::agent as pb,
     segment::{
-        spec::{
-            check_labels, ClusterId, ImageName, InvalidArgument, Labels, SegmentId, SegmentRequest,
-        },
         Segment, SegmentState, Settings,
+        spec::{
+            ClusterId, ImageName, InvalidArgument, Labels, SegmentId, SegmentRequest, check_labels,
+        },
     },
 };
-use std::time::UNIX_EPOCH;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Validates the cluster CA of a request; the key stays in memory.
+pub fn cluster_ca(tls: Option<pb::ClusterTls>) -> Result<Option<ClusterCa>, InvalidArgument> {
+    match tls {
+        None => Ok(None),
+        Some(t) if t.ca_cert_pem.is_empty() && t.ca_key_pem.is_empty() => Ok(None),
+        Some(t) => ClusterCa::from_pem(&t.ca_cert_pem, &t.ca_key_pem, SystemTime::now())
+            .map(Some)
+            .map_err(|e| InvalidArgument::new("tls", e.to_string())),
+    }
+}
 
 /// Validates a CreateSegment request and applies the host's defaults.
 pub fn create_request(
     req: pb::CreateSegmentRequest,
     settings: &Settings,
-) -> Result<SegmentRequest, InvalidArgument> {
+) -> Result<(SegmentRequest, Option<ClusterCa>), InvalidArgument> {
     let id = SegmentId::parse(&req.segment_id)?;
     let cluster = ClusterId::parse(&req.cluster_id)?;
     let flavor = req.flavor.unwrap_or_default();
@@ -27,13 +39,30 @@ pub fn create_request(
     };
     let labels: Labels = req.labels.into_iter().collect();
     check_labels(&labels)?;
-    Ok(SegmentRequest {
+    let ca = cluster_ca(req.tls)?;
+    let request = SegmentRequest {
         id,
         cluster,
         flavor,
         image,
         labels,
-    })
+        ca_cert_pem: ca.as_ref().map(ClusterCa::canonical_cert_pem),
+    };
+    Ok((request, ca))
+}
+
+/// Validates a RebuildSegment request: the CA is required.
+pub fn rebuild_request(
+    req: pb::RebuildSegmentRequest,
+) -> Result<(SegmentId, ClusterCa), InvalidArgument> {
+    let id = SegmentId::parse(&req.segment_id)?;
+    let ca = cluster_ca(req.tls)?.ok_or_else(|| {
+        InvalidArgument::new(
+            "tls",
+            "the cluster CA (ca_cert_pem, ca_key_pem) is required",
+        )
+    })?;
+    Ok((id, ca))
 }
 
 /// Parses a `segment_id` field.
@@ -47,6 +76,14 @@ pub fn cluster_filter(value: &str) -> Result<Option<ClusterId>, InvalidArgument>
         Ok(None)
     } else {
         ClusterId::parse(value).map(Some)
+    }
+}
+
+fn timestamp(t: SystemTime) -> prost_types::Timestamp {
+    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    prost_types::Timestamp {
+        seconds: since.as_secs() as i64,
+        nanos: since.subsec_nanos() as i32,
     }
 }
 
@@ -65,7 +102,11 @@ impl From<SegmentState> for pb::SegmentState {
 impl From<Segment> for pb::Segment {
     fn from(s: Segment) -> Self {
         let r = s.record;
-        let since = r.created_at.duration_since(UNIX_EPOCH).unwrap_or_default();
+        // Segments of Docker images carry their cluster's CA.
+        let docker_endpoint = match &r.request.ca_cert_pem {
+            Some(_) => format!("tcp://{}:{}", r.address, crate::docker::DOCKER_TLS_PORT),
+            None => String::new(),
+        };
         pb::Segment {
             segment_id: r.request.id.to_string(),
             cluster_id: r.request.cluster.to_string(),
@@ -77,11 +118,11 @@ impl From<Segment> for pb::Segment {
             }),
             image: r.request.image.to_string(),
             labels: r.request.labels.into_iter().collect(),
-            created_at: Some(prost_types::Timestamp {
-                seconds: since.as_secs() as i64,
-                nanos: since.subsec_nanos() as i32,
-            }),
+            created_at: Some(timestamp(r.created_at)),
             state_reason: s.reason,
+            docker_endpoint,
+            ca_cert_pem: r.request.ca_cert_pem.unwrap_or_default(),
+            server_cert_not_after: r.server_cert_not_after.map(timestamp),
         }
     }
 }

@@ -8,4 +8,4 @@ pub mod server;
 pub mod status;
 
 pub use segments::SegmentAgentService;
-pub use server::{serve, Listeners};
+pub use server::{Listeners, serve};

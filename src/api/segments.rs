@@ -31,8 +31,8 @@ impl SegmentAgent for SegmentAgentService {
         &self,
         request: Request<pb::CreateSegmentRequest>,
     ) -> Reply<pb::Segment> {
-        let req = convert::create_request(request.into_inner(), self.manager.settings())?;
-        let segment = self.manager.create(req).await?;
+        let (req, ca) = convert::create_request(request.into_inner(), self.manager.settings())?;
+        let segment = self.manager.create(req, ca).await?;
         Ok(Response::new(segment.into()))
     }
 
@@ -72,6 +72,14 @@ impl SegmentAgent for SegmentAgentService {
         let timeout =
             (req.timeout_seconds > 0).then(|| Duration::from_secs(req.timeout_seconds.into()));
         Ok(Response::new(self.manager.stop(&id, timeout).await?.into()))
+    }
+
+    async fn rebuild_segment(
+        &self,
+        request: Request<pb::RebuildSegmentRequest>,
+    ) -> Reply<pb::Segment> {
+        let (id, ca) = convert::rebuild_request(request.into_inner())?;
+        Ok(Response::new(self.manager.rebuild(&id, ca).await?.into()))
     }
 
     async fn get_host(&self, _request: Request<pb::GetHostRequest>) -> Reply<pb::Host> {

@@ -1,6 +1,6 @@
 //! The one place where domain errors become gRPC status codes.
 
-use crate::segment::{spec::InvalidArgument, Error};
+use crate::segment::{Error, spec::InvalidArgument};
 use tonic::{Code, Status};
 
 impl From<Error> for Status {

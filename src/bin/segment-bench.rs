@@ -11,8 +11,8 @@ use hyper_util::rt::TokioIo;
 use segment_agent::{
     images::ImageStore,
     proto::agent::{
-        segment_agent_client::SegmentAgentClient, CreateSegmentRequest, DeleteSegmentRequest,
-        Flavor,
+        CreateSegmentRequest, DeleteSegmentRequest, Flavor,
+        segment_agent_client::SegmentAgentClient,
     },
     segment::spec::{
         ClusterId, Desired, Flavor as SpecFlavor, ImageName, Labels, SegmentId, SegmentRecord,
@@ -99,10 +99,12 @@ fn baseline_domain(args: &Args, storage: &OverlayStorage, i: u32) -> (String, Pa
             },
             image: image.name.clone(),
             labels: Labels::new(),
+            ca_cert_pem: None,
         },
         address,
         created_at: SystemTime::now(),
         desired: Desired::Running,
+        server_cert_not_after: None,
     };
     let spec = DomainSpec {
         name: id.domain_name(),
@@ -122,6 +124,7 @@ fn baseline_domain(args: &Args, storage: &OverlayStorage, i: u32) -> (String, Pa
             prefix: 24,
             gateway: Ipv4Addr::new(203, 0, 113, 1),
         },
+        char_devices: Vec::new(),
         apparmor_profile: None,
         record,
     };
@@ -200,9 +203,24 @@ async fn main() {
         "create latency, {} segments per side, interleaved, {} MiB / 2 vCPU, image {}",
         args.count, args.memory_mib, args.image
     );
-    println!("  agent CreateSegment (gRPC, until RUNNING)  median {:7.1} ms   min {:7.1} ms   max {:7.1} ms", ms(a), ms(agent_t[0]), ms(*agent_t.last().unwrap()));
-    println!("  virsh define + start (baseline)            median {:7.1} ms   min {:7.1} ms   max {:7.1} ms", ms(v), ms(virsh_t[0]), ms(*virsh_t.last().unwrap()));
-    println!("  virsh 'define; start' in one process       median {:7.1} ms   min {:7.1} ms   max {:7.1} ms", ms(v1), ms(virsh1_t[0]), ms(*virsh1_t.last().unwrap()));
+    println!(
+        "  agent CreateSegment (gRPC, until RUNNING)  median {:7.1} ms   min {:7.1} ms   max {:7.1} ms",
+        ms(a),
+        ms(agent_t[0]),
+        ms(*agent_t.last().unwrap())
+    );
+    println!(
+        "  virsh define + start (baseline)            median {:7.1} ms   min {:7.1} ms   max {:7.1} ms",
+        ms(v),
+        ms(virsh_t[0]),
+        ms(*virsh_t.last().unwrap())
+    );
+    println!(
+        "  virsh 'define; start' in one process       median {:7.1} ms   min {:7.1} ms   max {:7.1} ms",
+        ms(v1),
+        ms(virsh1_t[0]),
+        ms(*virsh1_t.last().unwrap())
+    );
     println!(
         "  ratio agent / baseline (medians)           {:.2}x",
         a.as_secs_f64() / v.as_secs_f64()

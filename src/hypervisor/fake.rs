@@ -190,6 +190,25 @@ impl Hypervisor for FakeHypervisor {
         })
     }
 
+    fn init_pid(&self, name: &str) -> Result<u32, HvError> {
+        self.with("init_pid", name, |s| {
+            let d = Self::domain(s, name)?;
+            match d.running {
+                // No real process stands behind a fake domain.
+                true => Err(HvError::Failed {
+                    op: "init pid",
+                    name: name.to_owned(),
+                    message: "the fake hypervisor runs no processes".into(),
+                }),
+                false => Err(HvError::Failed {
+                    op: "init pid",
+                    name: name.to_owned(),
+                    message: "domain is not running".into(),
+                }),
+            }
+        })
+    }
+
     fn version(&self) -> Result<HypervisorVersion, HvError> {
         self.with("version", "host", |_| {
             Ok(HypervisorVersion {

@@ -3,7 +3,7 @@
 use super::{DomainEntry, HvError, Hypervisor, HypervisorVersion};
 use crate::{
     segment::spec::DOMAIN_PREFIX,
-    xml::{metadata, MetadataError, METADATA_PREFIX, METADATA_URI},
+    xml::{METADATA_PREFIX, METADATA_URI, MetadataError, metadata},
 };
 use std::{collections::HashSet, sync::Mutex};
 use virt::{
@@ -30,10 +30,10 @@ impl Libvirt {
 
     fn conn(&self) -> Result<Connect, HvError> {
         let mut cached = self.conn.lock().expect("libvirt connection lock");
-        if let Some(c) = cached.as_ref() {
-            if c.is_alive().unwrap_or(false) {
-                return Ok(c.clone());
-            }
+        if let Some(c) = cached.as_ref()
+            && c.is_alive().unwrap_or(false)
+        {
+            return Ok(c.clone());
         }
         let c = Connect::open(Some(&self.uri))
             .map_err(|e| HvError::Unavailable(format!("{}: {}", self.uri, e.message())))?;
@@ -190,6 +190,26 @@ impl Hypervisor for Libvirt {
             flags,
         )
         .map_err(|e| self.error("set metadata", name, e))
+    }
+
+    fn init_pid(&self, name: &str) -> Result<u32, HvError> {
+        let dom = self.domain("init pid", name)?;
+        // An LXC domain's id is the PID of its libvirt_lxc controller; the
+        // container's init is the controller's only child.
+        let controller = dom.id().ok_or_else(|| HvError::Failed {
+            op: "init pid",
+            name: name.to_owned(),
+            message: "domain is not running".into(),
+        })?;
+        let children = format!("/proc/{controller}/task/{controller}/children");
+        std::fs::read_to_string(&children)
+            .ok()
+            .and_then(|c| c.split_whitespace().next().and_then(|p| p.parse().ok()))
+            .ok_or_else(|| HvError::Failed {
+                op: "init pid",
+                name: name.to_owned(),
+                message: format!("no init process under controller {controller} ({children})"),
+            })
     }
 
     fn version(&self) -> Result<HypervisorVersion, HvError> {

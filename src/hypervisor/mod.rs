@@ -70,6 +70,8 @@ pub trait Hypervisor: Send + Sync + 'static {
     fn undefine(&self, name: &str) -> Result<(), HvError>;
     /// Replaces the agent's metadata record of the domain.
     fn set_record(&self, name: &str, record_xml: &str) -> Result<(), HvError>;
+    /// The host PID of a running domain's init process.
+    fn init_pid(&self, name: &str) -> Result<u32, HvError>;
     /// The hypervisor's versions; also a liveness probe.
     fn version(&self) -> Result<HypervisorVersion, HvError>;
 }

@@ -1,12 +1,14 @@
-//! CreateSegment: admit, make the filesystem, define and start the domain.
-//! A failure undoes every step; a crash is finished or undone by
-//! [`super::recover`].
+//! CreateSegment: admit, make the filesystems, certify Docker, define and
+//! start the domain, wait for Docker. A failure before the domain runs
+//! undoes every step; a crash is finished or undone by [`super::recover`].
 
 use super::{
-    spec::{SegmentRecord, SegmentRequest},
     Error, Segment, SegmentManager,
+    spec::{SegmentRecord, SegmentRequest},
 };
 use crate::{
+    certs::{self, ClusterCa},
+    docker,
     images::Image,
     storage::SegmentDirs,
     xml::{DomainSpec, FilesystemMount, NetworkInterface},
@@ -14,30 +16,73 @@ use crate::{
 use std::time::SystemTime;
 use tracing::{info, instrument, warn};
 
+/// Character devices a Docker segment needs (runc allows them to every
+/// container, and a cgroup v1 child gets only what its parent has).
+const DOCKER_CHAR_DEVICES: [&str; 2] = ["/dev/net/tun", "/dev/console"];
+
 impl SegmentManager {
     /// Creates a segment and returns it running. Idempotent on the id: the
-    /// same request again returns the existing segment.
+    /// same request again returns the existing segment. `ca` is the cluster
+    /// CA, required for images that run Docker; its key stays in memory.
     #[instrument(skip_all, fields(segment_id = %request.id))]
-    pub async fn create(&self, request: SegmentRequest) -> Result<Segment, Error> {
+    pub async fn create(
+        &self,
+        mut request: SegmentRequest,
+        ca: Option<ClusterCa>,
+    ) -> Result<Segment, Error> {
         let _guard = self.locks.lock(&request.id).await;
         if let Some(existing) = self.registry.get(&request.id) {
             return self.existing(existing.record, &request).await;
         }
         self.settings.confinement.require()?;
         let image = self.images.resolve(&request.image)?;
+        let ca = self.docker_precondition(&image, ca)?;
+        if !image.docker {
+            request.ca_cert_pem = None;
+        }
         let record = self.registry.admit(request, SystemTime::now())?;
-        match self.provision(&record, &image).await {
-            Ok(()) => {
-                self.registry.update(&record.request.id, |e| e.op = None);
-                info!(address = %record.address, image = %image.name, "segment created");
-                self.get(&record.request.id).await
-            }
+        let record = match self.provision(record.clone(), &image, ca.as_ref()).await {
+            Ok(record) => record,
             Err(e) => {
                 warn!(error = %e, "create failed; undoing it");
                 self.undo_create(&record).await;
-                Err(e)
+                return Err(e);
             }
+        };
+        self.registry.update(&record.request.id, |e| e.op = None);
+        info!(address = %record.address, image = %image.name, "segment running");
+        if let Some(ca) = &ca {
+            self.await_docker(&record, ca).await;
         }
+        self.get(&record.request.id).await
+    }
+
+    /// Docker images need the cluster CA and the policy plugin on the host.
+    fn docker_precondition(
+        &self,
+        image: &Image,
+        ca: Option<ClusterCa>,
+    ) -> Result<Option<ClusterCa>, Error> {
+        if !image.docker {
+            return Ok(None);
+        }
+        let plugin = self.settings.docker.tools_dir.join(docker::AUTHZ_BINARY);
+        if !plugin.is_file() {
+            return Err(Error::FailedPrecondition(format!(
+                "the Docker policy plugin {} is not installed on this host; Docker segments are not \
+                 created without it",
+                plugin.display()
+            )));
+        }
+        ca.map(Some).ok_or_else(|| {
+            Error::InvalidArgument(super::spec::InvalidArgument::new(
+                "tls",
+                format!(
+                    "image {} runs Docker: the cluster CA (ca_cert_pem, ca_key_pem) is required",
+                    image.name
+                ),
+            ))
+        })
     }
 
     /// A create of an id that exists: a retry if the spec is the same.
@@ -47,11 +92,14 @@ impl SegmentManager {
         request: &SegmentRequest,
     ) -> Result<Segment, Error> {
         let have = &record.request;
+        // A segment without Docker ignores the CA it may have been sent.
+        let ca_differs = have.ca_cert_pem.is_some() && have.ca_cert_pem != request.ca_cert_pem;
         let difference = [
             ("cluster_id", have.cluster != request.cluster),
             ("flavor", have.flavor != request.flavor),
             ("image", have.image != request.image),
             ("labels", have.labels != request.labels),
+            ("tls.ca_cert_pem", ca_differs),
         ]
         .iter()
         .filter(|(_, differs)| *differs)
@@ -66,16 +114,53 @@ impl SegmentManager {
         })
     }
 
-    async fn provision(&self, record: &SegmentRecord, image: &Image) -> Result<(), Error> {
+    /// Filesystems, Docker's configuration, then define and start.
+    async fn provision(
+        &self,
+        mut record: SegmentRecord,
+        image: &Image,
+        ca: Option<&ClusterCa>,
+    ) -> Result<SegmentRecord, Error> {
         let (id, img) = (record.request.id.clone(), image.clone());
         let dirs = self.storage_blocking(move |s| s.prepare(&id, &img)).await?;
-        let xml = self.domain_spec(record, image, &dirs).to_xml();
+        if let Some(ca) = ca {
+            record.server_cert_not_after = Some(self.certify(&record, ca, &dirs).await?);
+            let r = record.clone();
+            self.registry.update(&record.request.id, |e| e.record = r);
+        }
+        let xml = self.domain_spec(&record, image, &dirs).to_xml();
         let name = record.request.id.domain_name();
         self.blocking(move |hv| {
             hv.define(&xml)?;
             hv.start(&name)
         })
-        .await
+        .await?;
+        Ok(record)
+    }
+
+    /// Issues the segment's Docker server certificate and writes Docker's
+    /// configuration into its `/etc/docker`; returns the expiry.
+    pub(crate) async fn certify(
+        &self,
+        record: &SegmentRecord,
+        ca: &ClusterCa,
+        dirs: &SegmentDirs,
+    ) -> Result<SystemTime, Error> {
+        let server = certs::issue_server_cert(
+            ca,
+            record.address,
+            &record.request.id.domain_name(),
+            self.settings.docker.cert_validity,
+            SystemTime::now(),
+        )
+        .map_err(|e| Error::Internal(format!("issuing the Docker server certificate: {e}")))?;
+        let not_after = server.not_after;
+        let (dir, ca_pem) = (dirs.docker_config.clone(), ca.canonical_cert_pem());
+        tokio::task::spawn_blocking(move || docker::write_config(&dir, &ca_pem, &server))
+            .await
+            .map_err(|e| Error::Internal(format!("config task: {e}")))?
+            .map_err(|e| Error::Internal(format!("writing Docker's configuration: {e}")))?;
+        Ok(not_after)
     }
 
     /// The domain of a segment.
@@ -86,6 +171,32 @@ impl SegmentManager {
         dirs: &SegmentDirs,
     ) -> DomainSpec {
         let s = &self.settings;
+        let mut filesystems = vec![FilesystemMount {
+            source: dirs.rootfs.clone(),
+            target: "/".into(),
+            readonly: false,
+        }];
+        let mut char_devices = Vec::new();
+        if image.docker {
+            filesystems.extend([
+                FilesystemMount {
+                    source: dirs.docker_data.clone(),
+                    target: "/var/lib/docker".into(),
+                    readonly: false,
+                },
+                FilesystemMount {
+                    source: dirs.docker_config.clone(),
+                    target: "/etc/docker".into(),
+                    readonly: false,
+                },
+                FilesystemMount {
+                    source: s.docker.tools_dir.clone(),
+                    target: docker::TOOLS_MOUNT.into(),
+                    readonly: true,
+                },
+            ]);
+            char_devices = DOCKER_CHAR_DEVICES.iter().map(|d| d.to_string()).collect();
+        }
         DomainSpec {
             name: record.request.id.domain_name(),
             uuid: uuid::Uuid::new_v4().to_string(),
@@ -93,19 +204,51 @@ impl SegmentManager {
             vcpus: record.request.flavor.vcpus,
             cpu_period_us: s.cpu_period_us,
             init: image.init.clone(),
-            filesystems: vec![FilesystemMount {
-                source: dirs.rootfs.clone(),
-                target: "/".into(),
-                readonly: false,
-            }],
+            filesystems,
             interface: NetworkInterface {
                 bridge: s.network.bridge.clone(),
                 address: record.address,
                 prefix: s.network.prefix,
                 gateway: s.network.gateway,
             },
+            char_devices,
             apparmor_profile: s.confinement.profile(),
             record: record.clone(),
+        }
+    }
+
+    /// Waits for Docker to answer `/_ping` over TLS; a segment whose Docker
+    /// does not answer in time is FAILED with the reason (it is not removed:
+    /// only DeleteSegment removes a segment).
+    pub(crate) async fn await_docker(&self, record: &SegmentRecord, ca: &ClusterCa) {
+        let id = &record.request.id;
+        let endpoint = std::net::SocketAddr::from((record.address, docker::DOCKER_TLS_PORT));
+        let outcome = match certs::issue_client_cert(ca, "segment-agent") {
+            Ok((cert, key)) => {
+                match docker::probe::ProbeTls::new(&ca.canonical_cert_pem(), &cert, &key) {
+                    Ok(tls) => docker::probe::wait_ready(
+                        self.probe.as_ref(),
+                        endpoint,
+                        &tls,
+                        self.settings.docker.ready_timeout,
+                    )
+                    .await
+                    .map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+            Err(e) => Err(format!("issuing the agent's client certificate: {e}")),
+        };
+        match outcome {
+            Ok(took) => info!(?took, "Docker answers /_ping over TLS"),
+            Err(last) => {
+                let reason = format!(
+                    "Docker did not answer /_ping over TLS on {endpoint} within {:?}: {last}",
+                    self.settings.docker.ready_timeout
+                );
+                warn!(%reason, "segment FAILED");
+                self.registry.update(id, |e| e.failure = Some(reason));
+            }
         }
     }
 

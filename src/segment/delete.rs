@@ -3,10 +3,10 @@
 //! the next agent start rather than undone.
 
 use super::{
+    Error, SegmentManager,
     create::ignore_missing,
     registry::Op,
     spec::{Desired, SegmentId},
-    Error, SegmentManager,
 };
 use tracing::{info, instrument, warn};
 

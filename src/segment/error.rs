@@ -14,7 +14,9 @@ pub enum Error {
     #[error("segment {0} does not exist on this host")]
     NotFound(SegmentId),
     /// The id is taken by a segment with another spec.
-    #[error("segment {id} already exists with a different spec ({difference}); delete it first or use another segment_id")]
+    #[error(
+        "segment {id} already exists with a different spec ({difference}); delete it first or use another segment_id"
+    )]
     AlreadyExists {
         /// The id.
         id: SegmentId,

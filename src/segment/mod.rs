@@ -11,6 +11,7 @@ pub mod delete;
 pub mod error;
 pub mod locks;
 pub mod power;
+pub mod rebuild;
 pub mod recover;
 pub mod registry;
 pub mod spec;
@@ -20,6 +21,7 @@ pub use error::Error;
 pub use state::{Segment, SegmentState};
 
 use crate::{
+    docker::probe::DockerProbe,
     hypervisor::Hypervisor,
     images::ImageStore,
     network::SegmentNetwork,
@@ -48,6 +50,19 @@ pub struct Settings {
     pub stop_timeout: Duration,
     /// How segments are confined.
     pub confinement: Confinement,
+    /// Docker inside segments.
+    pub docker: DockerSettings,
+}
+
+/// Docker inside segments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DockerSettings {
+    /// Host directory bound read-only at `/opt/segment-agent` (policy plugin).
+    pub tools_dir: std::path::PathBuf,
+    /// Wait for `/_ping` over TLS before a segment is FAILED.
+    pub ready_timeout: Duration,
+    /// Validity of issued server certificates.
+    pub cert_validity: Duration,
 }
 
 /// How segments are confined by AppArmor.
@@ -103,6 +118,8 @@ pub struct Backends {
     pub storage: Arc<dyn SegmentStorage>,
     /// Images.
     pub images: ImageStore,
+    /// Docker readiness.
+    pub probe: Arc<dyn DockerProbe>,
 }
 
 /// Creates, starts, stops, deletes and lists the host's segments.
@@ -110,6 +127,7 @@ pub struct SegmentManager {
     hv: Arc<dyn Hypervisor>,
     storage: Arc<dyn SegmentStorage>,
     images: ImageStore,
+    probe: Arc<dyn DockerProbe>,
     registry: Registry,
     locks: SegmentLocks,
     settings: Settings,
@@ -123,6 +141,7 @@ impl SegmentManager {
             hv: backends.hypervisor,
             storage: backends.storage,
             images: backends.images,
+            probe: backends.probe,
             registry,
             locks: SegmentLocks::default(),
             settings,

@@ -2,8 +2,8 @@
 //! domain's metadata first, so an agent restart honours it.
 
 use super::{
-    spec::{Desired, SegmentId},
     Error, Segment, SegmentManager, SegmentState,
+    spec::{Desired, SegmentId},
 };
 use std::time::{Duration, Instant};
 use tracing::{info, instrument, warn};

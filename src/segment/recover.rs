@@ -8,7 +8,7 @@
 //! - a segment directory without a domain (create cut off before define,
 //!   delete cut off after undefine): removed.
 
-use super::{spec::Desired, Error, SegmentManager};
+use super::{Error, SegmentManager, spec::Desired};
 use crate::hypervisor::DomainEntry;
 use std::collections::HashSet;
 use tracing::{error, info, instrument, warn};

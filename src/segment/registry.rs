@@ -125,6 +125,7 @@ impl Registry {
             address,
             created_at: now,
             desired: Desired::Running,
+            server_cert_not_after: None,
         };
         let entry = Entry {
             record: record.clone(),

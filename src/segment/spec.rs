@@ -196,7 +196,9 @@ pub fn check_labels(labels: &Labels) -> Result<(), InvalidArgument> {
         if value.len() > MAX_LABEL_VALUE || value.chars().any(char::is_control) {
             return Err(InvalidArgument::new(
                 "labels",
-                format!("value of {key:?} must be at most {MAX_LABEL_VALUE} bytes without control characters"),
+                format!(
+                    "value of {key:?} must be at most {MAX_LABEL_VALUE} bytes without control characters"
+                ),
             ));
         }
     }
@@ -216,6 +218,9 @@ pub struct SegmentRequest {
     pub image: ImageName,
     /// Its labels.
     pub labels: Labels,
+    /// The cluster CA certificate (canonical PEM) its Docker trusts; `None`
+    /// for images without Docker.
+    pub ca_cert_pem: Option<String>,
 }
 
 /// Everything the agent records about a segment, persisted in the domain's
@@ -230,6 +235,8 @@ pub struct SegmentRecord {
     pub created_at: SystemTime,
     /// What the segment should be doing; survives agent restarts.
     pub desired: Desired,
+    /// When the Docker server certificate the agent issued expires.
+    pub server_cert_not_after: Option<SystemTime>,
 }
 
 /// The state an operator or scheduler asked for, as opposed to the observed one.

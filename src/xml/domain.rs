@@ -1,6 +1,6 @@
 //! The libvirt LXC domain of a segment.
 
-use super::{metadata, render, text_element, XmlWriter};
+use super::{XmlWriter, metadata, render, text_element};
 use crate::segment::spec::SegmentRecord;
 use std::{io, net::Ipv4Addr, path::PathBuf};
 
@@ -29,6 +29,16 @@ pub struct NetworkInterface {
     pub gateway: Ipv4Addr,
 }
 
+impl NetworkInterface {
+    /// A MAC derived from the address (`02:00` + its four bytes): a new
+    /// segment on a reused address keeps the old MAC, so neighbours' ARP
+    /// caches stay right and it is reachable at once.
+    pub fn mac(&self) -> String {
+        let [a, b, c, d] = self.address.octets();
+        format!("02:00:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
+    }
+}
+
 /// Everything that goes into a segment's domain XML.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DomainSpec {
@@ -48,6 +58,10 @@ pub struct DomainSpec {
     pub filesystems: Vec<FilesystemMount>,
     /// The network interface.
     pub interface: NetworkInterface,
+    /// Host character devices the segment may use (runc adds `/dev/console`
+    /// and `/dev/net/tun` to every container's devices cgroup, which must be
+    /// allowed to the segment first).
+    pub char_devices: Vec<String>,
     /// AppArmor profile confining the segment; `None` runs it unconfined.
     pub apparmor_profile: Option<String>,
     /// The agent's record, stored in `<metadata>`.
@@ -135,6 +149,9 @@ impl DomainSpec {
         w.create_element("interface")
             .with_attribute(("type", "bridge"))
             .write_inner_content(|w| {
+                w.create_element("mac")
+                    .with_attribute(("address", nic.mac().as_str()))
+                    .write_empty()?;
                 w.create_element("source")
                     .with_attribute(("bridge", nic.bridge.as_str()))
                     .write_empty()?;
@@ -151,6 +168,16 @@ impl DomainSpec {
                     .write_empty()?;
                 Ok(())
             })?;
+        for dev in &self.char_devices {
+            w.create_element("hostdev")
+                .with_attribute(("mode", "capabilities"))
+                .with_attribute(("type", "misc"))
+                .write_inner_content(|w| {
+                    w.create_element("source")
+                        .write_inner_content(|w| text_element(w, "char", dev))?;
+                    Ok(())
+                })?;
+        }
         w.create_element("console")
             .with_attribute(("type", "pty"))
             .write_empty()?;
@@ -200,6 +227,7 @@ mod tests {
                 prefix: 24,
                 gateway: "203.0.113.1".parse().unwrap(),
             },
+            char_devices: Vec::new(),
             apparmor_profile: apparmor.map(str::to_owned),
             record: sample_record(),
         }
@@ -235,6 +263,34 @@ mod tests {
             "segment-domain-apparmor.xml",
             &spec(Some("segment-agent-segment")).to_xml(),
         );
+    }
+
+    #[test]
+    fn docker_segment_matches_golden_file() {
+        let mut s = spec(Some("segment-agent-segment"));
+        let base = std::path::Path::new("/var/lib/segment-agent/segments/web-1");
+        for (dir, target, readonly) in [
+            ("docker", "/var/lib/docker", false),
+            ("etc-docker", "/etc/docker", false),
+        ] {
+            s.filesystems.push(FilesystemMount {
+                source: base.join(dir),
+                target: target.into(),
+                readonly,
+            });
+        }
+        s.filesystems.push(FilesystemMount {
+            source: "/usr/local/lib/segment-agent".into(),
+            target: "/opt/segment-agent".into(),
+            readonly: true,
+        });
+        s.char_devices = vec!["/dev/net/tun".into(), "/dev/console".into()];
+        golden("segment-domain-docker.xml", &s.to_xml());
+    }
+
+    #[test]
+    fn mac_follows_the_address() {
+        assert_eq!(spec(None).interface.mac(), "02:00:cb:00:71:0a");
     }
 
     #[test]

@@ -18,9 +18,9 @@ use crate::segment::spec::{
     ClusterId, Desired, Flavor, ImageName, Labels, SegmentId, SegmentRecord, SegmentRequest,
 };
 use quick_xml::{
+    NsReader,
     events::{BytesStart, Event},
     name::ResolveResult,
-    NsReader,
 };
 use std::{collections::HashMap, io, time::SystemTime};
 
@@ -72,6 +72,18 @@ fn write_element(w: &mut XmlWriter, r: &SegmentRecord, prefix: Option<&str>) -> 
         .with_attribute(("vcpus", q.flavor.vcpus.to_string().as_str()))
         .with_attribute(("created_at", created.as_str()))
         .with_attribute(("desired", r.desired.as_str()));
+    let ca = q.ca_cert_pem.as_deref().and_then(pem_to_base64_der);
+    let element = match &ca {
+        Some(der) => element.with_attribute(("ca", der.as_str())),
+        None => element,
+    };
+    let not_after = r
+        .server_cert_not_after
+        .map(|t| humantime::format_rfc3339(t).to_string());
+    let element = match &not_after {
+        Some(t) => element.with_attribute(("cert_not_after", t.as_str())),
+        None => element,
+    };
     if q.labels.is_empty() {
         element.write_empty()?;
         return Ok(());
@@ -149,6 +161,20 @@ fn read_labels(reader: &mut NsReader<&[u8]>) -> Result<Labels, MetadataError> {
     }
 }
 
+/// A PEM certificate as one line of base64 DER (attribute values must not
+/// hold line breaks).
+fn pem_to_base64_der(cert_pem: &str) -> Option<String> {
+    use base64::Engine;
+    let block = pem::parse(cert_pem).ok()?;
+    Some(base64::engine::general_purpose::STANDARD.encode(block.contents()))
+}
+
+fn base64_der_to_pem(b64: &str) -> Option<String> {
+    use base64::Engine;
+    let der = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+    Some(crate::docker::canonical_pem(&der))
+}
+
 fn record_from(
     a: &HashMap<String, String>,
     labels: Labels,
@@ -179,6 +205,16 @@ fn record_from(
         },
         image: ImageName::parse(field(a, "image")?).map_err(|_| MetadataError::Field("image"))?,
         labels,
+        ca_cert_pem: match a.get("ca") {
+            Some(b64) => Some(base64_der_to_pem(b64).ok_or(MetadataError::Field("ca"))?),
+            None => None,
+        },
+    };
+    let server_cert_not_after = match a.get("cert_not_after") {
+        Some(t) => {
+            Some(humantime::parse_rfc3339(t).map_err(|_| MetadataError::Field("cert_not_after"))?)
+        }
+        None => None,
     };
     let created_at: SystemTime = humantime::parse_rfc3339(field(a, "created_at")?)
         .map_err(|_| MetadataError::Field("created_at"))?;
@@ -187,6 +223,7 @@ fn record_from(
         address: parsed(a, "address")?,
         created_at,
         desired: Desired::parse(field(a, "desired")?).ok_or(MetadataError::Field("desired"))?,
+        server_cert_not_after,
     })
 }
 
@@ -210,10 +247,12 @@ pub(crate) mod tests {
                     ("team".to_owned(), "a&b <\"quoted\">".to_owned()),
                     ("tier".to_owned(), "web".to_owned()),
                 ]),
+                ca_cert_pem: None,
             },
             address: "203.0.113.10".parse().unwrap(),
             created_at: UNIX_EPOCH + Duration::new(1_795_000_000, 123_456_789),
             desired: Desired::Running,
+            server_cert_not_after: None,
         }
     }
 
@@ -229,6 +268,16 @@ pub(crate) mod tests {
             parse_record(&record_xml(&r)),
             Err(MetadataError::Missing)
         ));
+        let mut docker = r.clone();
+        let (ca_pem, _) =
+            crate::certs::generate_test_ca("meta", Duration::from_secs(3600)).unwrap();
+        let der = pem::parse(&ca_pem).unwrap();
+        docker.request.ca_cert_pem = Some(crate::docker::canonical_pem(der.contents()));
+        docker.server_cert_not_after = Some(UNIX_EPOCH + Duration::from_secs(1_800_000_000));
+        assert_eq!(
+            parse_record(&namespaced(&record_xml(&docker))).unwrap(),
+            docker
+        );
         let mut bare = r.clone();
         bare.request.labels.clear();
         bare.desired = Desired::Deleted;

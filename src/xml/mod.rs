@@ -5,7 +5,7 @@ pub mod domain;
 pub mod metadata;
 
 pub use domain::{DomainSpec, FilesystemMount, NetworkInterface};
-pub use metadata::{MetadataError, METADATA_PREFIX, METADATA_URI};
+pub use metadata::{METADATA_PREFIX, METADATA_URI, MetadataError};
 
 use quick_xml::Writer;
 use std::io;

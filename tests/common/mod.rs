@@ -12,10 +12,11 @@ use segment_agent::{
     api::Listeners,
     apparmor::{ApparmorError, ProfileLoader, UnavailableReason},
     config::{Config, ListenConfig},
+    docker::probe::{DockerProbe, ProbeError, ProbeTls},
     host::HostFacts,
-    hypervisor::{fake::FakeHypervisor, Hypervisor},
+    hypervisor::{Hypervisor, fake::FakeHypervisor},
     images::ImageStore,
-    proto::agent::{segment_agent_client::SegmentAgentClient, CreateSegmentRequest, Flavor},
+    proto::agent::{CreateSegmentRequest, Flavor, segment_agent_client::SegmentAgentClient},
     segment::{Backends, SegmentManager},
     storage::{PlainDirStorage, SegmentStorage},
 };
@@ -64,6 +65,21 @@ pub fn fake_image(images: &Path, name: &str) {
         "init = \"/sbin/init\"\n",
     )
     .unwrap();
+}
+
+/// A Docker probe that answers at once (or never).
+pub struct FakeProbe {
+    pub ready: bool,
+}
+
+#[async_trait::async_trait]
+impl DockerProbe for FakeProbe {
+    async fn ping(&self, endpoint: std::net::SocketAddr, _: &ProbeTls) -> Result<(), ProbeError> {
+        match self.ready {
+            true => Ok(()),
+            false => Err(ProbeError(format!("{endpoint}: connection refused (fake)"))),
+        }
+    }
 }
 
 /// The AppArmor of a kernel without it (as on the project's machines).
@@ -132,6 +148,7 @@ impl FakeAgent {
             storage: Arc::new(PlainDirStorage::new(dir.path().join("segments")))
                 as Arc<dyn SegmentStorage>,
             images: ImageStore::new(dir.path().join("images")),
+            probe: Arc::new(FakeProbe { ready: true }),
         };
         let mut settings = agent::settings(&config).unwrap();
         let loader = NoApparmor(dir.path().join("no-apparmor"));

@@ -1,0 +1,148 @@
+//! Docker inside a segment: the daemon configuration and TLS files the agent
+//! writes into the segment's `/etc/docker`, the readiness probe, and the
+//! restart of dockerd without any shell or exec path into the segment.
+//!
+//! The image's supervisor (PID 1's child, see `scripts/image-files/supervisor`)
+//! starts containerd, the `segment-authz` policy plugin and dockerd once
+//! `daemon.json` exists, and on SIGUSR1 to the segment's init restarts the
+//! plugin and dockerd, which re-read their configuration; `live-restore`
+//! keeps the containers running through it.
+//!
+//! The usage policy itself ([`policy`], served by [`authz`] from the
+//! `segment-authz` binary inside every segment) refuses what the service
+//! forbids: privileged containers, capability changes, host namespaces,
+//! devices, bind mounts outside `/var/lib/docker` and the rest.
+
+pub mod authz;
+pub mod policy;
+pub mod probe;
+pub mod resolver;
+
+use crate::certs::ServerCert;
+use std::{
+    io::{self, Write},
+    os::unix::fs::PermissionsExt,
+    path::Path,
+};
+
+/// The port dockerd listens on with mutual TLS.
+pub const DOCKER_TLS_PORT: u16 = 2376;
+/// Name of the authorization plugin dockerd consults (socket
+/// `/run/docker/plugins/segment-policy.sock` inside the segment).
+pub const AUTHZ_PLUGIN: &str = "segment-policy";
+/// Where the agent's tools appear inside a segment (read-only bind).
+pub const TOOLS_MOUNT: &str = "/opt/segment-agent";
+/// The policy plugin binary, relative to the tools directory.
+pub const AUTHZ_BINARY: &str = "bin/segment-authz";
+
+/// `daemon.json` for a segment: mutual TLS on 2376 and the local socket,
+/// live-restore, and the policy plugin. `containerd` and `cgroup-parent` are
+/// flags of the supervisor and must not appear here (dockerd refuses a key
+/// given both ways).
+pub fn daemon_json() -> String {
+    let config = serde_json::json!({
+        "hosts": [format!("tcp://0.0.0.0:{DOCKER_TLS_PORT}"), "unix:///var/run/docker.sock"],
+        "tls": true,
+        "tlsverify": true,
+        "tlscacert": "/etc/docker/ca.pem",
+        "tlscert": "/etc/docker/server-cert.pem",
+        "tlskey": "/etc/docker/server-key.pem",
+        "live-restore": true,
+        "authorization-plugins": [AUTHZ_PLUGIN],
+        "log-level": "warn",
+    });
+    serde_json::to_string_pretty(&config).expect("static JSON") + "\n"
+}
+
+/// Writes the TLS files, then `daemon.json` (the supervisor starts dockerd
+/// only once `daemon.json` exists, so it never sees half a configuration).
+/// Blocks (fsyncs).
+pub fn write_config(dir: &Path, ca_pem: &str, server: &ServerCert) -> io::Result<()> {
+    crate::certs::write_docker_tls(dir, ca_pem, server)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".daemon.")
+        .tempfile_in(dir)?;
+    tmp.write_all(daemon_json().as_bytes())?;
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(dir.join("daemon.json")).map_err(|e| e.error)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Asks the segment's init to restart dockerd (and the policy plugin): SIGUSR1
+/// to its host PID. Blocks briefly.
+pub fn request_restart(init_pid: u32) -> io::Result<()> {
+    let pid = nix::unistd::Pid::from_raw(init_pid as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGUSR1).map_err(io::Error::from)
+}
+
+/// The CA certificate in a canonical PEM form (LF line endings, one
+/// certificate), so equal certificates compare equal as strings.
+pub fn canonical_pem(der: &[u8]) -> String {
+    let block = pem::Pem::new("CERTIFICATE", der.to_vec());
+    pem::encode_config(
+        &block,
+        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn daemon_json_is_what_the_supervisor_expects() {
+        let v: serde_json::Value = serde_json::from_str(&daemon_json()).unwrap();
+        assert_eq!(v["hosts"][0], "tcp://0.0.0.0:2376");
+        assert_eq!(v["tlsverify"], true);
+        assert_eq!(v["live-restore"], true);
+        assert_eq!(v["authorization-plugins"][0], "segment-policy");
+        // Flags of the supervisor: dockerd refuses a key set both ways.
+        assert!(v.get("containerd").is_none() && v.get("cgroup-parent").is_none());
+    }
+
+    #[test]
+    fn writes_all_files_with_their_modes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca_pem, ca_key) =
+            crate::certs::generate_test_ca("t", std::time::Duration::from_secs(3600)).unwrap();
+        let ca = crate::certs::ClusterCa::from_pem(&ca_pem, &ca_key, std::time::SystemTime::now())
+            .unwrap();
+        let server = crate::certs::issue_server_cert(
+            &ca,
+            "203.0.113.10".parse().unwrap(),
+            "seg-a",
+            std::time::Duration::from_secs(3600),
+            std::time::SystemTime::now(),
+        )
+        .unwrap();
+        write_config(dir.path(), &ca_pem, &server).unwrap();
+        let mode = |f: &str| {
+            std::fs::metadata(dir.path().join(f))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777
+        };
+        assert_eq!(mode("server-key.pem"), 0o600);
+        assert_eq!(mode("daemon.json"), 0o644);
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("ca.pem")).unwrap(),
+            ca_pem
+        );
+        assert!(
+            !std::fs::read_to_string(dir.path().join("server-key.pem"))
+                .unwrap()
+                .is_empty()
+        );
+        let leftovers = std::fs::read_dir(dir.path()).unwrap().filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with('.')
+        });
+        assert_eq!(leftovers.count(), 0, "no temp file left behind");
+    }
+}

@@ -1,0 +1,272 @@
+//! Container endpoints: create, legacy start, update and exec.
+
+use super::gojson::{Json, bool_of, is_set, str_of, strings_of};
+use super::mounts::{check_binds, check_mounts, check_volume_options, quote};
+use super::{Check, Denial, PathResolver, Rule};
+
+/// Docker's default masked paths (`oci/defaults.go`). A `MaskedPaths` list
+/// that drops one of them (`--security-opt systempaths=unconfined` sends
+/// `[]`) unmasks kernel interfaces.
+const DEFAULT_MASKED_PATHS: &[&str] = &[
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+];
+
+/// Docker's default read-only paths (`oci/defaults.go`).
+const DEFAULT_READONLY_PATHS: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// `POST /containers/create`.
+///
+/// dockerd's `ContainerConfigWrapper` embeds a deprecated second HostConfig
+/// at the top level of the body and uses it when the `HostConfig` key is
+/// absent, so `{"Image":"busybox","Privileged":true}` is a privileged
+/// container: both are checked.
+pub(crate) fn check_create(body: &Json, resolver: &dyn PathResolver) -> Check {
+    check_host_config(body, resolver)?;
+    if let Some(inner) = body.field("HostConfig")? {
+        check_host_config(inner, resolver)?;
+    }
+    Ok(())
+}
+
+/// `POST /containers/{id}/start` below API 1.24: the body is a HostConfig.
+pub(crate) fn check_legacy_start(body: &Json, resolver: &dyn PathResolver) -> Check {
+    check_host_config(body, resolver)
+}
+
+/// `POST /containers/{id}/update`: an `UpdateConfig` (resources and restart
+/// policy). dockerd 20.10 copies only CPU, memory, blkio and pids limits and
+/// the restart policy from it, never privileges, devices or the cgroup
+/// parent; those fields are refused anyway so that a daemon that starts
+/// honouring them stays safe.
+pub(crate) fn check_update(body: &Json) -> Check {
+    check_devices(body)?;
+    check_cgroup_parent(body)
+}
+
+/// `POST /containers/{id}/exec`: `docker exec --privileged`.
+pub(crate) fn check_exec(body: &Json) -> Check {
+    if bool_of(body.field("Privileged")?, "Privileged")? {
+        return Err(Denial::new(
+            Rule::Privileged,
+            "privileged exec sessions are not allowed by policy",
+        ));
+    }
+    Ok(())
+}
+
+/// Every HostConfig rule, in table order.
+fn check_host_config(hc: &Json, resolver: &dyn PathResolver) -> Check {
+    if bool_of(hc.field("Privileged")?, "Privileged")? {
+        return Err(Denial::new(
+            Rule::Privileged,
+            "privileged containers are not allowed by policy",
+        ));
+    }
+    check_capabilities(hc)?;
+    check_security_options(hc)?;
+    check_devices(hc)?;
+    check_namespaces(hc)?;
+    check_binds(hc.field("Binds")?, resolver)?;
+    check_mounts(hc.field("Mounts")?, resolver)?;
+    check_cgroup_parent(hc)
+}
+
+fn check_capabilities(hc: &Json) -> Check {
+    // `Capabilities` (API 1.40) replaced the whole capability set.
+    for field in ["CapAdd", "Capabilities"] {
+        if !strings_of(hc.field(field)?, field)?.is_empty() {
+            return Err(Denial::new(
+                Rule::CapAdd,
+                "adding capabilities (--cap-add) is not allowed by policy",
+            ));
+        }
+    }
+    if !strings_of(hc.field("CapDrop")?, "CapDrop")?.is_empty() {
+        return Err(Denial::new(
+            Rule::CapDrop,
+            "dropping capabilities (--cap-drop) is not allowed by policy",
+        ));
+    }
+    Ok(())
+}
+
+/// `--security-opt`, parsed as dockerd's `parseSecurityOpt` does: `KEY=VALUE`,
+/// the deprecated `KEY:VALUE`, and the bare words `no-new-privileges` and
+/// `disable` (SELinux labels off).
+fn check_security_options(hc: &Json) -> Check {
+    for opt in strings_of(hc.field("SecurityOpt")?, "SecurityOpt")? {
+        if !security_option_allowed(opt) {
+            return Err(Denial::new(
+                Rule::Confinement,
+                format!(
+                    "security option {} disables or replaces confinement and is not allowed by policy",
+                    quote(opt)
+                ),
+            ));
+        }
+    }
+    for (field, defaults) in [
+        ("MaskedPaths", DEFAULT_MASKED_PATHS),
+        ("ReadonlyPaths", DEFAULT_READONLY_PATHS),
+    ] {
+        let value = hc.field(field)?;
+        if matches!(value, None | Some(Json::Null)) {
+            continue;
+        }
+        let paths = strings_of(value, field)?;
+        if let Some(missing) = defaults.iter().find(|d| !paths.contains(d)) {
+            return Err(Denial::new(
+                Rule::Confinement,
+                format!(
+                    "{field} without {missing} (--security-opt systempaths=unconfined) is not allowed by policy"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn security_option_allowed(opt: &str) -> bool {
+    let opt = opt.trim();
+    if opt == "no-new-privileges" {
+        return true;
+    }
+    let (key, value) = match opt.split_once('=').or_else(|| opt.split_once(':')) {
+        Some(kv) => kv,
+        None => return false, // bare "disable" and unknown words
+    };
+    let value = value.trim();
+    match key.trim().to_ascii_lowercase().as_str() {
+        "no-new-privileges" => true,
+        // Only the daemon's own profile: any other name is whatever happens
+        // to be loaded on the host, "unconfined" included.
+        "apparmor" => value == "docker-default",
+        // "unconfined" and custom profiles (a JSON document that may allow
+        // every syscall) are refused; "builtin" is the daemon's default.
+        "seccomp" => value == "builtin",
+        "label" => {
+            let v = value.to_ascii_lowercase();
+            !(v == "disable" || v.contains("spc_t") || v.contains("unconfined"))
+        }
+        _ => false, // "systempaths=unconfined" and keys dockerd does not know
+    }
+}
+
+fn check_devices(resources: &Json) -> Check {
+    for field in [
+        "Devices",
+        "DeviceCgroupRules",
+        "DeviceRequests",
+        "DeviceCgroupPermissions",
+    ] {
+        if is_set(resources.field(field)?) {
+            return Err(Denial::new(
+                Rule::Devices,
+                format!(
+                    "host devices (--device, --device-cgroup-rule, --gpus: {field}) are not allowed by policy"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_namespaces(hc: &Json) -> Check {
+    let namespaces = [
+        ("PidMode", Rule::HostPid, "PID", "--pid=host"),
+        ("IpcMode", Rule::HostIpc, "IPC", "--ipc=host"),
+        ("UsernsMode", Rule::HostUserns, "user", "--userns=host"),
+        ("UTSMode", Rule::HostUts, "UTS", "--uts=host"),
+        (
+            "CgroupnsMode",
+            Rule::HostCgroupns,
+            "cgroup",
+            "--cgroupns=host",
+        ),
+    ];
+    for (field, rule, name, flag) in namespaces {
+        let mode = str_of(hc.field(field)?, field)?.unwrap_or("");
+        let kind = mode.split(':').next().unwrap_or("");
+        if kind.trim().eq_ignore_ascii_case("host") {
+            return Err(Denial::new(
+                rule,
+                format!("sharing the host {name} namespace ({flag}) is not allowed by policy"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `--cgroup-parent` (`Resources.CgroupParent`). The segment's dockerd runs
+/// with a relative `--cgroup-parent`, so containers stay inside the
+/// segment's cgroup and its memory/CPU caps; any override, `/` (the host's
+/// root cgroup) or a relative path alike, is refused. `""` (what the CLI
+/// sends by default) and `null` mean the daemon's default.
+fn check_cgroup_parent(resources: &Json) -> Check {
+    if str_of(resources.field("CgroupParent")?, "CgroupParent")?.is_some_and(|p| !p.is_empty()) {
+        return Err(Denial::new(
+            Rule::CgroupParent,
+            "cgroup parent overrides are not allowed by policy",
+        ));
+    }
+    Ok(())
+}
+
+/// `POST /volumes/create`: `{"Name", "Driver", "DriverOpts", "Labels"}`.
+pub(crate) fn check_volume_create(body: &Json, resolver: &dyn PathResolver) -> Check {
+    check_volume_options(body.field("DriverOpts")?, resolver)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn security_options() {
+        let allowed = [
+            "no-new-privileges",
+            "no-new-privileges:true",
+            "no-new-privileges:false",
+            "no-new-privileges=false",
+            "apparmor=docker-default",
+            "seccomp=builtin",
+            "label=user:USER",
+            "label:level:s0:c100,c200",
+        ];
+        for opt in allowed {
+            assert!(security_option_allowed(opt), "{opt}");
+        }
+        let refused = [
+            "apparmor=unconfined",
+            "apparmor:unconfined",
+            "apparmor=some-host-profile",
+            "seccomp=unconfined",
+            "seccomp:unconfined",
+            r#"seccomp={"defaultAction":"SCMP_ACT_ALLOW"}"#,
+            "label=disable",
+            "label:disable",
+            "disable",
+            "label=type:spc_t",
+            "systempaths=unconfined",
+            "bogus",
+        ];
+        for opt in refused {
+            assert!(!security_option_allowed(opt), "{opt}");
+        }
+    }
+}

@@ -1,0 +1,687 @@
+//! Table-driven tests: request bodies captured from the real docker 20.10
+//! CLI (`fixtures/*.http`, made by `capture/capture.sh`) and hand-written API
+//! requests for what the CLI cannot send.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use super::*;
+
+/// A fixture: first line `METHOD URI`, then the raw body.
+struct Fixture {
+    method: String,
+    uri: String,
+    body: Vec<u8>,
+}
+
+fn fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/docker")
+}
+
+fn fixture(name: &str) -> Fixture {
+    let path = fixtures_dir().join(format!("{name}.http"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+    let (line, body) = text.split_once('\n').unwrap();
+    let (method, uri) = line.split_once(' ').unwrap();
+    Fixture {
+        method: method.into(),
+        uri: uri.into(),
+        body: body.as_bytes().to_vec(),
+    }
+}
+
+fn run(f: &Fixture, uri: &str, resolver: &dyn PathResolver) -> Decision {
+    let body = (!f.body.is_empty()).then_some(f.body.as_slice());
+    evaluate(&f.method, uri, body, resolver)
+}
+
+/// Every captured CLI request and the code it must get (`None`: allowed).
+const CLI_CASES: &[(&str, Option<&str>)] = &[
+    ("run_plain", None),
+    ("run_everyday", None),
+    ("run_net_host", None),
+    ("run_no_new_privileges", None),
+    ("run_no_new_privileges_false", None),
+    ("run_named_volume", None),
+    ("run_anonymous_volume", None),
+    ("run_mount_volume", None),
+    ("run_mount_tmpfs", None),
+    ("run_tmpfs", None),
+    ("run_volumes_from", None),
+    ("run_bind_docker_root", None),
+    ("run_bind_docker_sub", None),
+    ("run_bind_docker_ro", None),
+    ("run_bind_messy_allowed", None),
+    ("run_mount_bind_docker", None),
+    ("exec_plain", None),
+    ("update_memory", None),
+    ("update_restart", None),
+    ("volume_create_plain", None),
+    ("volume_create_tmpfs", None),
+    ("volume_create_bind_docker", None),
+    ("service_create_plain", None),
+    ("service_create_volume", None),
+    ("service_create_bind_docker", None),
+    ("build_net_host", None),
+    ("run_privileged", Some("SEGMENT-1001")),
+    ("create_privileged", Some("SEGMENT-1001")),
+    ("exec_privileged", Some("SEGMENT-1001")),
+    ("run_cap_add", Some("SEGMENT-1002")),
+    ("service_create_cap_add", Some("SEGMENT-1002")),
+    ("run_cap_drop", Some("SEGMENT-1003")),
+    ("service_create_cap_drop", Some("SEGMENT-1003")),
+    ("run_apparmor_unconfined", Some("SEGMENT-1004")),
+    ("run_seccomp_unconfined", Some("SEGMENT-1004")),
+    ("run_seccomp_custom", Some("SEGMENT-1004")),
+    ("run_label_disable", Some("SEGMENT-1004")),
+    ("run_systempaths_unconfined", Some("SEGMENT-1004")),
+    ("run_device", Some("SEGMENT-1005")),
+    ("run_device_cgroup_rule", Some("SEGMENT-1005")),
+    ("run_gpus", Some("SEGMENT-1005")),
+    ("run_pid_host", Some("SEGMENT-1006")),
+    ("run_ipc_host", Some("SEGMENT-1007")),
+    ("run_userns_host", Some("SEGMENT-1008")),
+    ("run_uts_host", Some("SEGMENT-1009")),
+    ("run_cgroupns_host", Some("SEGMENT-1010")),
+    ("run_bind_etc", Some("SEGMENT-1011")),
+    ("run_bind_root", Some("SEGMENT-1011")),
+    ("run_bind_dotdot", Some("SEGMENT-1011")),
+    ("run_bind_dockerfoo", Some("SEGMENT-1011")),
+    ("run_mount_bind_etc", Some("SEGMENT-1011")),
+    ("run_mount_volume_bind_opts", Some("SEGMENT-1011")),
+    ("volume_create_bind_etc", Some("SEGMENT-1011")),
+    ("volume_create_block", Some("SEGMENT-1011")),
+    ("volume_create_overlay", Some("SEGMENT-1011")),
+    ("service_create_bind_etc", Some("SEGMENT-1011")),
+    ("service_create_volume_bind_opts", Some("SEGMENT-1011")),
+    ("plugin_pull", Some("SEGMENT-1012")),
+    ("plugin_set", Some("SEGMENT-1012")),
+    ("plugin_create", Some("SEGMENT-1012")),
+    ("run_cgroup_parent_root", Some("SEGMENT-1014")),
+    ("run_cgroup_parent_docker_abs", Some("SEGMENT-1014")),
+    ("run_cgroup_parent_docker_rel", Some("SEGMENT-1014")),
+];
+
+#[test]
+fn cli_requests_with_and_without_version_prefix() {
+    for (name, want) in CLI_CASES {
+        let f = fixture(name);
+        let unversioned = f.uri.strip_prefix("/v1.41").unwrap().to_string();
+        for uri in [f.uri.as_str(), unversioned.as_str()] {
+            let got = run(&f, uri, &LexicalResolver);
+            assert_eq!(got.code(), *want, "{name}: {} {uri} -> {got}", f.method);
+        }
+    }
+}
+
+#[test]
+fn every_fixture_is_in_the_table() {
+    let on_disk: BTreeSet<String> = std::fs::read_dir(fixtures_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "http"))
+        .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
+        .collect();
+    let in_table: BTreeSet<String> = CLI_CASES.iter().map(|(n, _)| n.to_string()).collect();
+    assert_eq!(on_disk, in_table);
+}
+
+#[test]
+fn messages_name_the_rule() {
+    let cases = [
+        (
+            "run_privileged",
+            "SEGMENT-1001: privileged containers are not allowed by policy",
+        ),
+        (
+            "exec_privileged",
+            "SEGMENT-1001: privileged exec sessions are not allowed by policy",
+        ),
+        (
+            "run_cap_add",
+            "SEGMENT-1002: adding capabilities (--cap-add) is not allowed by policy",
+        ),
+        (
+            "run_pid_host",
+            "SEGMENT-1006: sharing the host PID namespace (--pid=host) is not allowed by policy",
+        ),
+        (
+            "run_bind_etc",
+            "SEGMENT-1011: bind mounts of host path \"/etc\" are not allowed by policy: only paths under /var/lib/docker may be bind-mounted",
+        ),
+        (
+            "run_cgroup_parent_root",
+            "SEGMENT-1014: cgroup parent overrides are not allowed by policy",
+        ),
+        (
+            "run_apparmor_unconfined",
+            "SEGMENT-1004: security option \"apparmor=unconfined\" disables or replaces confinement and is not allowed by policy",
+        ),
+    ];
+    for (name, want) in cases {
+        let f = fixture(name);
+        assert_eq!(run(&f, &f.uri, &LexicalResolver).to_string(), want);
+    }
+}
+
+/// `--cgroup-parent`: every non-empty value is refused wherever dockerd reads
+/// a HostConfig or an update's resources; absent, `null` and `""` (what the
+/// CLI always sends) are allowed.
+#[test]
+fn cgroup_parent() {
+    // The CLI's own default must stay allowed: the 20.10 CLI sends `""`.
+    for name in ["run_plain", "update_memory"] {
+        let f = fixture(name);
+        let body = String::from_utf8(f.body.clone()).unwrap();
+        assert!(body.contains(r#""CgroupParent":"""#), "{name}");
+        assert_eq!(run(&f, &f.uri, &LexicalResolver), Decision::Allow, "{name}");
+    }
+    // `EXTRA` becomes `,"CgroupParent":VALUE` (key case-folded), or nothing.
+    let positions = [
+        (
+            "/v1.41/containers/create",
+            r#"{"Image":"busybox","HostConfig":{"Memory":0EXTRA}}"#,
+        ),
+        (
+            "/containers/create",
+            r#"{"Image":"busybox","HostConfig":{"Memory":0EXTRA}}"#,
+        ),
+        // Deprecated top-level HostConfig, Go's case-insensitive keys.
+        ("/v1.41/containers/create", r#"{"Image":"busybox"EXTRA}"#),
+        (
+            "/v1.41/containers/create",
+            r#"{"Image":"busybox","hostconfig":{"Memory":0EXTRA}}"#,
+        ),
+        ("/v1.23/containers/c0ffee/start", r#"{"Memory":0EXTRA}"#),
+        (
+            "/v1.41/containers/c0ffee/update",
+            r#"{"Memory":67108864EXTRA}"#,
+        ),
+    ];
+    let values: &[(Option<&str>, Option<&str>)] = &[
+        (None, None),
+        (Some(r#""""#), None),
+        (Some("null"), None),
+        (Some(r#""/""#), Some("SEGMENT-1014")),
+        (Some(r#""/docker""#), Some("SEGMENT-1014")),
+        (Some(r#""docker""#), Some("SEGMENT-1014")),
+        (Some(r#""system.slice""#), Some("SEGMENT-1014")),
+        (Some("1"), Some("SEGMENT-1101")),
+    ];
+    for (uri, template) in positions {
+        for key in ["CgroupParent", "cgroupparent", "CGROUPPARENT"] {
+            for (value, want) in values {
+                let extra = value.map_or(String::new(), |v| format!(r#","{key}":{v}"#));
+                let body = template.replace("EXTRA", &extra);
+                let got = evaluate("POST", uri, Some(body.as_bytes()), &LexicalResolver);
+                assert_eq!(got.code(), *want, "POST {uri} {body} -> {got}");
+            }
+        }
+    }
+    // Go lets the last duplicate win: an empty first value cannot hide a
+    // second one.
+    let got = evaluate(
+        "POST",
+        "/v1.41/containers/create",
+        Some(br#"{"HostConfig":{"CgroupParent":"","cgroupParent":"/"}}"#),
+        &LexicalResolver,
+    );
+    assert_eq!(got.code(), Some("SEGMENT-1101"), "{got}");
+}
+
+/// Hand-written requests: raw API calls the CLI never makes.
+const RAW_CASES: &[(&str, &str, Option<&str>, Option<&str>)] = &[
+    // Deprecated top-level HostConfig fields, Go's case-insensitive keys.
+    (
+        "POST",
+        "/v1.41/containers/create",
+        Some(r#"{"Image":"busybox","Privileged":true}"#),
+        Some("SEGMENT-1001"),
+    ),
+    (
+        "POST",
+        "/v1.41/containers/create",
+        Some(r#"{"Image":"busybox","hostconfig":{"privileged":true}}"#),
+        Some("SEGMENT-1001"),
+    ),
+    (
+        "POST",
+        "/v1.41/containers/create",
+        Some(r#"{"Image":"busybox","Binds":["/etc:/x"]}"#),
+        Some("SEGMENT-1011"),
+    ),
+    (
+        "POST",
+        "/v1.41/containers/create",
+        Some(r#"{"HostConfig":{"Bind\u017f":["/etc:/x"]}}"#),
+        Some("SEGMENT-1011"),
+    ),
+    (
+        "POST",
+        "/v1.41/containers/create",
+        Some(r#"{"HostConfig":{"CapAdd":"SYS_ADMIN"}}"#),
+        Some("SEGMENT-1002"),
+    ),
+    (
+        "POST",
+        "/v1.41/containers/create",
+        Some(r#"{"HostConfig":{"Capabilities":["CAP_SYS_ADMIN"]}}"#),
+        Some("SEGMENT-1002"),
+    ),
+    (
+        "POST",
+        "/v1.41/containers/create",
+        Some(r#"{"HostConfig":{"PidMode":"HOST"}}"#),
+        Some("SEGMENT-1006"),
+    ),
+    (
+        "POST",
+        "/v1.41/containers/create",
+        Some(r#"{"HostConfig":{"SecurityOpt":["disable"]}}"#),
+        Some("SEGMENT-1004"),
+    ),
+    (
+        "POST",
+        "/v1.41/containers/create",
+        Some(r#"{"HostConfig":{"MaskedPaths":["/proc/kcore"]}}"#),
+        Some("SEGMENT-1004"),
+    ),
+    (
+        "POST",
+        "/v1.41/containers/create",
+        Some(r#"{"HostConfig":{"ReadonlyPaths":[]}}"#),
+        Some("SEGMENT-1004"),
+    ),
+    (
+        "POST",
+        "/v1.41/containers/create",
+        Some(
+            r#"{"HostConfig":{"ReadonlyPaths":["/proc/bus","/proc/fs","/proc/irq","/proc/sys","/proc/sysrq-trigger","/extra"]}}"#,
+        ),
+        None,
+    ),
+    (
+        "POST",
+        "/v1.41/containers/create",
+        Some(r#"{"HostConfig":{"Mounts":[{"Type":"BIND","Source":"/etc","Target":"/x"}]}}"#),
+        Some("SEGMENT-1011"),
+    ),
+    (
+        "POST",
+        "/v1.41/containers/create",
+        Some(r#"{"HostConfig":{"Mounts":[{"Source":"/etc","Target":"/x"}]}}"#),
+        Some("SEGMENT-1011"),
+    ),
+    (
+        "POST",
+        "/v1.41/containers/create",
+        Some(r#"{"HostConfig":{"Mounts":[{"Type":"bind","Source":"etc","Target":"/x"}]}}"#),
+        Some("SEGMENT-1011"),
+    ),
+    (
+        "POST",
+        "/v1.41/containers/create",
+        Some(
+            r#"{"HostConfig":{"Mounts":[{"type":"bind","source":"/var/lib/docker/x","target":"/x"}]}}"#,
+        ),
+        None,
+    ),
+    (
+        "POST",
+        "/v1.41/containers/create",
+        Some(r#"{"HostConfig":{"Binds":["/var/lib/docker/x/../../../../etc/shadow:/x:ro"]}}"#),
+        Some("SEGMENT-1011"),
+    ),
+    (
+        "POST",
+        "/v1.41/containers/create",
+        Some(r#"{"HostConfig":{"Binds":["/var/lib/docker\u0000/x:/x"]}}"#),
+        Some("SEGMENT-1011"),
+    ),
+    // Fail closed on bodies the policy cannot read as dockerd would.
+    (
+        "POST",
+        "/v1.41/containers/create",
+        Some(r#"{"HostConfig":{"Privileged":false,"privileged":true}}"#),
+        Some("SEGMENT-1101"),
+    ),
+    (
+        "POST",
+        "/v1.41/containers/create",
+        Some(r#"{"HostConfig":{},"HostConfig":{"Privileged":true}}"#),
+        Some("SEGMENT-1101"),
+    ),
+    (
+        "POST",
+        "/v1.41/containers/create",
+        Some(r#"{"HostConfig":{"Privileged":"true"}}"#),
+        Some("SEGMENT-1101"),
+    ),
+    (
+        "POST",
+        "/v1.41/containers/create",
+        Some(r#"[{"HostConfig":{}}]"#),
+        Some("SEGMENT-1101"),
+    ),
+    (
+        "POST",
+        "/v1.41/containers/create",
+        Some(r#"{"Image":"busybox"} {"Privileged":true}"#),
+        Some("SEGMENT-1101"),
+    ),
+    (
+        "POST",
+        "/v1.41/containers/create",
+        Some("not json"),
+        Some("SEGMENT-1101"),
+    ),
+    (
+        "POST",
+        "/v1.41/containers/create",
+        None,
+        Some("SEGMENT-1100"),
+    ),
+    (
+        "POST",
+        "/v1.41/containers/create",
+        Some(""),
+        Some("SEGMENT-1100"),
+    ),
+    (
+        "POST",
+        "/v1.41/containers/create",
+        Some(r#"{"Image":"busybox","Labels":{"a":"1","A":"2"}}"#),
+        None,
+    ),
+    // Router tricks: dockerd routes on the decoded, cleaned path.
+    (
+        "POST",
+        "/v1.41/containers/%63reate",
+        Some(r#"{"HostConfig":{"Privileged":true}}"#),
+        Some("SEGMENT-1001"),
+    ),
+    (
+        "POST",
+        "http://docker/v1.41/containers/create",
+        Some(r#"{"HostConfig":{"Privileged":true}}"#),
+        Some("SEGMENT-1001"),
+    ),
+    (
+        "post",
+        "/v1.41//containers/create/",
+        Some(r#"{"HostConfig":{"Privileged":true}}"#),
+        Some("SEGMENT-1001"),
+    ),
+    // Before API 1.24 `start` applies a HostConfig sent in its body.
+    (
+        "POST",
+        "/v1.23/containers/web/start",
+        Some(r#"{"Privileged":true}"#),
+        Some("SEGMENT-1001"),
+    ),
+    (
+        "POST",
+        "/v1.23/containers/web/start",
+        Some(r#"{"Binds":["/:/host"]}"#),
+        Some("SEGMENT-1011"),
+    ),
+    (
+        "POST",
+        "/v1.23/containers/web/start",
+        None,
+        Some("SEGMENT-1100"),
+    ),
+    ("POST", "/v1.23/containers/web/start", Some("{}"), None),
+    ("POST", "/v1.41/containers/web/start", None, None),
+    ("POST", "/containers/web/start", None, None),
+    // Update cannot change privileges; device fields are refused anyway.
+    (
+        "POST",
+        "/v1.41/containers/web/update",
+        Some(
+            r#"{"Devices":[{"PathOnHost":"/dev/sda","PathInContainer":"/dev/sda","CgroupPermissions":"rwm"}]}"#,
+        ),
+        Some("SEGMENT-1005"),
+    ),
+    (
+        "POST",
+        "/v1.41/containers/web/update",
+        Some(r#"{"DeviceCgroupRules":["a *:* rwm"]}"#),
+        Some("SEGMENT-1005"),
+    ),
+    (
+        "POST",
+        "/v1.41/containers/web/update",
+        None,
+        Some("SEGMENT-1100"),
+    ),
+    (
+        "POST",
+        "/v1.41/containers/web/exec",
+        None,
+        Some("SEGMENT-1100"),
+    ),
+    (
+        "POST",
+        "/v1.41/containers/web/exec",
+        Some(r#"{"privileged":true,"Cmd":["sh"]}"#),
+        Some("SEGMENT-1001"),
+    ),
+    // Volumes of the local driver.
+    (
+        "POST",
+        "/v1.41/volumes/create",
+        Some(r#"{"Name":"v","DriverOpts":{"type":"none","o":"rbind,ro","device":"/"}}"#),
+        Some("SEGMENT-1011"),
+    ),
+    (
+        "POST",
+        "/v1.41/volumes/create",
+        Some(r#"{"Name":"v","DriverOpts":{"type":"tmpfs","o":"bind","device":"/etc"}}"#),
+        Some("SEGMENT-1011"),
+    ),
+    (
+        "POST",
+        "/v1.41/volumes/create",
+        Some(r#"{"Name":"v","DriverOpts":{"type":"none","o":"bind","device":"etc"}}"#),
+        Some("SEGMENT-1011"),
+    ),
+    (
+        "POST",
+        "/v1.41/volumes/create",
+        Some(
+            r#"{"Name":"v","DriverOpts":{"type":"nfs","o":"addr=198.51.100.7,rw","device":":/export"}}"#,
+        ),
+        None,
+    ),
+    (
+        "POST",
+        "/v1.41/volumes/create",
+        Some(r#"{"Name":"v"}"#),
+        None,
+    ),
+    ("POST", "/v1.41/volumes/create", None, Some("SEGMENT-1100")),
+    // Services: updates carry the whole spec.
+    (
+        "POST",
+        "/v1.41/services/web/update?version=7",
+        Some(
+            r#"{"TaskTemplate":{"ContainerSpec":{"Image":"busybox","CapabilityAdd":["CAP_SYS_ADMIN"]}}}"#,
+        ),
+        Some("SEGMENT-1002"),
+    ),
+    (
+        "POST",
+        "/v1.41/services/web/update?version=7",
+        Some(r#"{"TaskTemplate":{"ContainerSpec":{"Image":"busybox"}}}"#),
+        None,
+    ),
+    (
+        "POST",
+        "/v1.41/services/create",
+        Some(r#"{"TaskTemplate":{"Runtime":"plugin","PluginSpec":{"Name":"evil"}}}"#),
+        Some("SEGMENT-1012"),
+    ),
+    (
+        "POST",
+        "/v1.41/services/create",
+        Some(
+            r#"{"TaskTemplate":{"ContainerSpec":{"Image":"busybox","Privileges":{"SELinuxContext":{"Disable":true}}}}}"#,
+        ),
+        Some("SEGMENT-1004"),
+    ),
+    (
+        "POST",
+        "/v1.41/services/create",
+        Some(
+            r#"{"TaskTemplate":{"ContainerSpec":{"Image":"busybox","Privileges":{"Seccomp":{"Mode":"unconfined"}}}}}"#,
+        ),
+        Some("SEGMENT-1004"),
+    ),
+    (
+        "POST",
+        "/v1.41/services/create",
+        Some(
+            r#"{"TaskTemplate":{"ContainerSpec":{"Image":"busybox","Privileges":{"AppArmor":{"Mode":"disabled"}}}}}"#,
+        ),
+        Some("SEGMENT-1004"),
+    ),
+    (
+        "POST",
+        "/v1.41/services/create",
+        Some(
+            r#"{"TaskTemplate":{"ContainerSpec":{"Image":"busybox","Privileges":{"NoNewPrivileges":true}}}}"#,
+        ),
+        None,
+    ),
+    ("POST", "/v1.41/services/create", None, Some("SEGMENT-1100")),
+    // Plugins and builds.
+    (
+        "POST",
+        "/v1.41/plugins/vieux/sshfs:latest/upgrade?remote=vieux%2Fsshfs",
+        Some("[]"),
+        Some("SEGMENT-1012"),
+    ),
+    (
+        "POST",
+        "/v1.41/plugins/vieux/sshfs:latest/enable?timeout=0",
+        None,
+        None,
+    ),
+    (
+        "GET",
+        "/v1.41/plugins/privileges?remote=vieux%2Fsshfs",
+        None,
+        None,
+    ),
+    (
+        "POST",
+        "/v1.41/build?version=2&entitlements=security.insecure",
+        None,
+        Some("SEGMENT-1013"),
+    ),
+    (
+        "POST",
+        "/v1.41/build?version=2&x=security%2Einsecure",
+        None,
+        Some("SEGMENT-1013"),
+    ),
+    (
+        "POST",
+        "/v1.41/build?version=2&networkmode=host&session=abc",
+        None,
+        None,
+    ),
+    ("POST", "/session", None, None),
+    // The rest of the API is untouched.
+    ("GET", "/v1.41/containers/json?all=1", None, None),
+    ("DELETE", "/v1.41/containers/web?force=1", None, None),
+    ("POST", "/v1.41/containers/web/kill?signal=KILL", None, None),
+    (
+        "POST",
+        "/v1.41/images/create?fromImage=busybox&tag=latest",
+        None,
+        None,
+    ),
+    ("HEAD", "/_ping", None, None),
+];
+
+#[test]
+fn raw_api_requests() {
+    for (method, uri, body, want) in RAW_CASES {
+        let got = evaluate(method, uri, body.map(str::as_bytes), &LexicalResolver);
+        assert_eq!(got.code(), *want, "{method} {uri} {body:?} -> {got}");
+    }
+}
+
+/// A fake segment filesystem: `(link, target)` prefix rewrites, applied
+/// until none matches; more than 40 rewrites is a loop.
+struct Links(&'static [(&'static str, &'static str)]);
+
+impl PathResolver for Links {
+    fn resolve(&self, path: &Path) -> Option<PathBuf> {
+        let mut current = path.to_path_buf();
+        for _ in 0..40 {
+            let rewrite = self.0.iter().find_map(|(link, target)| {
+                Some(Path::new(target).join(current.strip_prefix(link).ok()?))
+            });
+            match rewrite {
+                Some(next) => current = next,
+                None => return Some(current),
+            }
+        }
+        None
+    }
+}
+
+#[test]
+fn symlinks_are_resolved_on_the_segment() {
+    const SEGMENT: Links = Links(&[
+        ("/var/lib/docker/volumes/v/_data/root", "/"),
+        ("/var/lib/docker/volumes/v/_data/etc", "/etc"),
+        (
+            "/var/lib/docker/volumes/v/_data/sibling",
+            "/var/lib/docker/containers",
+        ),
+        ("/var/lib/docker/loop", "/var/lib/docker/loop"),
+    ]);
+    const MOVED_ROOT: Links = Links(&[("/var/lib/docker", "/srv/docker")]);
+    let cases: &[(&Links, &str, Option<&str>)] = &[
+        (
+            &SEGMENT,
+            "/var/lib/docker/volumes/v/_data/root",
+            Some("SEGMENT-1011"),
+        ),
+        (
+            &SEGMENT,
+            "/var/lib/docker/volumes/v/_data/etc/passwd",
+            Some("SEGMENT-1011"),
+        ),
+        (&SEGMENT, "/var/lib/docker/volumes/v/_data/sibling", None),
+        (
+            &SEGMENT,
+            "/var/lib/docker/volumes/v/_data/missing/dir",
+            None,
+        ),
+        (&SEGMENT, "/var/lib/docker/loop/x", Some("SEGMENT-1011")),
+        (&MOVED_ROOT, "/var/lib/docker/volumes/v/_data", None),
+        (&MOVED_ROOT, "/srv/docker/volumes/v/_data", None),
+        (&MOVED_ROOT, "/srv/dockerfoo", Some("SEGMENT-1011")),
+    ];
+    for (resolver, source, want) in cases {
+        let binds = format!(r#"{{"HostConfig":{{"Binds":["{source}:/x"]}}}}"#);
+        let mounts = format!(
+            r#"{{"HostConfig":{{"Mounts":[{{"Type":"bind","Source":"{source}","Target":"/x"}}]}}}}"#
+        );
+        let volume =
+            format!(r#"{{"DriverOpts":{{"type":"none","o":"bind","device":"{source}"}}}}"#);
+        for (uri, body) in [
+            ("/v1.41/containers/create", &binds),
+            ("/v1.41/containers/create", &mounts),
+            ("/v1.41/volumes/create", &volume),
+        ] {
+            let got = evaluate("POST", uri, Some(body.as_bytes()), *resolver);
+            assert_eq!(got.code(), *want, "{source} via {body} -> {got}");
+        }
+    }
+}

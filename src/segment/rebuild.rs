@@ -1,0 +1,53 @@
+//! RebuildSegment: re-initialise the management part of a Docker segment.
+//! A new server certificate from the request's CA (the same or a new one),
+//! Docker's configuration rewritten, and dockerd restarted by the segment's
+//! own supervisor; `live-restore` keeps the customer's containers running,
+//! and the address and `/var/lib/docker` stay as they are.
+
+use super::{Error, Segment, SegmentManager, SegmentState};
+use crate::{certs::ClusterCa, docker, segment::spec::SegmentId};
+use tracing::{info, instrument};
+
+impl SegmentManager {
+    /// Re-certifies and restarts the segment's Docker; returns it once Docker
+    /// answers again (FAILED with the reason if it does not in time).
+    #[instrument(skip(self, ca), fields(segment_id = %id))]
+    pub async fn rebuild(&self, id: &SegmentId, ca: ClusterCa) -> Result<Segment, Error> {
+        let _guard = self.locks.lock(id).await;
+        let current = self.get(id).await?;
+        let image = self.images.resolve(&current.record.request.image)?;
+        if !image.docker {
+            return Err(Error::FailedPrecondition(format!(
+                "segment {id} runs image {}, which has no Docker to rebuild",
+                image.name
+            )));
+        }
+        if current.state != SegmentState::Running && current.state != SegmentState::Failed {
+            return Err(Error::FailedPrecondition(format!(
+                "segment {id} is {:?}; start it before rebuilding",
+                current.state
+            )));
+        }
+        let sid = id.clone();
+        let dirs = self
+            .storage_blocking(move |s| s.prepare(&sid, &image))
+            .await?;
+        let mut record = current.record.clone();
+        record.request.ca_cert_pem = Some(ca.canonical_cert_pem());
+        record.server_cert_not_after = Some(self.certify(&record, &ca, &dirs).await?);
+        self.persist(record.clone()).await?;
+        let name = id.domain_name();
+        let init = self.blocking(move |hv| hv.init_pid(&name)).await?;
+        tokio::task::spawn_blocking(move || docker::request_restart(init))
+            .await
+            .map_err(|e| Error::Internal(format!("signal task: {e}")))?
+            .map_err(|e| Error::Internal(format!("asking the segment to restart Docker: {e}")))?;
+        info!(init_pid = init, "Docker restart requested");
+        self.registry.update(id, |e| e.failure = None);
+        // The old dockerd may still answer for a moment; the supervisor stops
+        // it first, so wait until the restart is under way.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        self.await_docker(&record, &ca).await;
+        self.get(id).await
+    }
+}

@@ -1,0 +1,263 @@
+//! The plugin server on a real unix socket, spoken to the way dockerd's
+//! plugin client does (HTTP/1.1 POSTs of JSON), and the real binary's
+//! lifecycle (socket created, SIGTERM, socket removed).
+
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::client::conn::http1::SendRequest;
+use hyper::{Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use segment_agent::docker::authz::{self, ServeError};
+use segment_agent::docker::resolver::FsResolver;
+use serde_json::{Value, json};
+use tokio::net::UnixStream;
+
+async fn connect(socket: &Path) -> SendRequest<Full<Bytes>> {
+    let stream = UnixStream::connect(socket)
+        .await
+        .expect("connect to plugin");
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    sender
+}
+
+async fn call(
+    sender: &mut SendRequest<Full<Bytes>>,
+    method: &str,
+    path: &str,
+    body: Value,
+) -> (StatusCode, Value) {
+    let request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("Host", "plugin")
+        .header("Accept", "application/vnd.docker.plugins.v1.2+json")
+        .header("Content-Type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .expect("request");
+    let response = sender.send_request(request).await.expect("send");
+    let status = response.status();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    (status, serde_json::from_slice(&bytes).expect("JSON reply"))
+}
+
+/// An `AuthZPlugin.AuthZReq` payload as dockerd builds it.
+fn authz_req(method: &str, uri: &str, body: Option<&str>) -> Value {
+    json!({
+        "User": "",
+        "UserAuthNMethod": "",
+        "RequestMethod": method,
+        "RequestUri": uri,
+        "RequestBody": body.map(|b| base64::engine::general_purpose::STANDARD.encode(b)),
+        "RequestHeaders": {"Content-Type": "application/json", "User-Agent": "Docker-Client/20.10.24+dfsg1 (linux)"},
+        "RequestPeerCertificates": null,
+    })
+}
+
+fn fixture_body(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/docker")
+        .join(format!("{name}.http"));
+    let text = std::fs::read_to_string(path).expect("fixture");
+    text.split_once('\n').expect("request line").1.to_string()
+}
+
+/// A segment root with a volume whose data holds a symlink to `/`.
+fn segment_root() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("var/lib/docker/volumes/v/_data");
+    std::fs::create_dir_all(&data).expect("mkdir");
+    symlink("/", data.join("escape")).expect("symlink");
+    dir
+}
+
+#[tokio::test]
+async fn serves_the_plugin_protocol() {
+    let root = segment_root();
+    let socket = root.path().join("run/docker/plugins/segment-policy.sock");
+    let listener = authz::bind(&socket).expect("bind");
+    // A second instance must not steal the socket of a live one.
+    assert!(matches!(
+        authz::bind(&socket),
+        Err(ServeError::InUse { .. })
+    ));
+    let mode = std::fs::metadata(&socket)
+        .expect("socket")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let resolver = Arc::new(FsResolver::new(root.path()));
+    let server = tokio::spawn(authz::serve(listener, resolver, async {
+        let _ = stopped.await;
+    }));
+
+    // One keep-alive connection, as dockerd's plugin client keeps.
+    let mut plugin = connect(&socket).await;
+    let (status, reply) = call(&mut plugin, "POST", "/Plugin.Activate", Value::Null).await;
+    assert_eq!(
+        (status, reply),
+        (StatusCode::OK, json!({"Implements": ["authz"]}))
+    );
+
+    let privileged = fixture_body("run_privileged");
+    let escape = r#"{"Image":"busybox","HostConfig":{"Binds":["/var/lib/docker/volumes/v/_data/escape/etc:/x"]}}"#;
+    let cases = [
+        (
+            authz_req("POST", "/v1.41/containers/create", Some(&privileged)),
+            false,
+            "SEGMENT-1001: privileged containers are not allowed by policy",
+        ),
+        (
+            authz_req(
+                "POST",
+                "/v1.41/containers/create",
+                Some(&fixture_body("run_plain")),
+            ),
+            true,
+            "",
+        ),
+        (
+            authz_req("POST", "/v1.41/containers/create", Some(escape)),
+            false,
+            "SEGMENT-1011: bind mounts of host path \"/var/lib/docker/volumes/v/_data/escape/etc\" (resolves to \"/etc\") are not allowed by policy: only paths under /var/lib/docker may be bind-mounted",
+        ),
+        (
+            authz_req("POST", "/v1.41/containers/create", None),
+            false,
+            "SEGMENT-1100: the request body was not forwarded for inspection (send it as application/json with a Content-Length, under 1 MiB) and the request is refused by policy",
+        ),
+        (authz_req("GET", "/v1.41/containers/json", None), true, ""),
+        (
+            json!({"RequestMethod": "POST"}),
+            false,
+            "SEGMENT-1102: the authorization request could not be read and is refused by policy: RequestMethod or RequestUri missing",
+        ),
+    ];
+    for (payload, allow, msg) in cases {
+        let (status, reply) = call(
+            &mut plugin,
+            "POST",
+            "/AuthZPlugin.AuthZReq",
+            payload.clone(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            reply,
+            json!({"Allow": allow, "Msg": msg, "Err": ""}),
+            "{payload}"
+        );
+    }
+
+    // A real AuthZRes payload captured from dockerd 20.10.
+    let res_path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/docker/authz/authzres_create.json");
+    let res: Value =
+        serde_json::from_slice(&std::fs::read(res_path).expect("fixture")).expect("JSON");
+    let (status, reply) = call(&mut plugin, "POST", "/AuthZPlugin.AuthZRes", res).await;
+    assert_eq!(
+        (status, reply),
+        (StatusCode::OK, json!({"Allow": true, "Msg": "", "Err": ""}))
+    );
+
+    let (status, _) = call(&mut plugin, "POST", "/VolumeDriver.Create", Value::Null).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = call(&mut plugin, "GET", "/Plugin.Activate", Value::Null).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+
+    // Shutdown completes although the client keeps its connection open.
+    stop.send(()).expect("server running");
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("server stops")
+        .expect("server task");
+    assert!(UnixStream::connect(&socket).await.is_err());
+
+    // A stale socket is replaced; anything else is left alone.
+    drop(authz::bind(&socket).expect("rebind over a stale socket"));
+    let file = root.path().join("not-a-socket");
+    std::fs::write(&file, "x").expect("write");
+    assert!(matches!(
+        authz::bind(&file),
+        Err(ServeError::NotASocket { .. })
+    ));
+}
+
+fn wait_for(path: &Path, present: bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if path.exists() == present {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+#[test]
+fn binary_serves_until_sigterm() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket: PathBuf = dir.path().join("plugins/segment-policy.sock");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_segment-authz"))
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--root")
+        .arg(dir.path())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start segment-authz");
+    assert!(wait_for(&socket, true), "socket never appeared");
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let reply = runtime.block_on(async {
+        let mut plugin = connect(&socket).await;
+        let payload = authz_req(
+            "POST",
+            "/v1.41/containers/create",
+            Some(&fixture_body("run_cap_add")),
+        );
+        call(&mut plugin, "POST", "/AuthZPlugin.AuthZReq", payload)
+            .await
+            .1
+    });
+    assert_eq!(
+        reply["Msg"],
+        "SEGMENT-1002: adding capabilities (--cap-add) is not allowed by policy"
+    );
+
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let exit = child.wait().expect("wait");
+    assert!(exit.success(), "{exit:?}");
+    assert!(!socket.exists(), "socket left behind");
+
+    let usage = Command::new(env!("CARGO_BIN_EXE_segment-authz"))
+        .arg("--bogus")
+        .stderr(Stdio::null())
+        .status()
+        .expect("run");
+    assert_eq!(usage.code(), Some(2));
+}
