@@ -5,7 +5,10 @@ use std::{env, path::PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(env::var("OUT_DIR")?);
-    let protos = ["proto/segment/agent/v1/agent.proto"];
+    let protos = [
+        "proto/segment/agent/v1/agent.proto",
+        "proto/segment/controlplane/v1/controlplane.proto",
+    ];
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("segment_descriptor.bin"))
         .compile_protos(&protos, &["proto"])?;

@@ -11,6 +11,10 @@ use crate::{
     images::ImageStore,
     network::SegmentNetwork,
     pool::AddressPool,
+    report::{
+        Collector,
+        sender::{self, GrpcSink, SinkTls},
+    },
     segment::{
         Backends, Confinement, DockerSettings, SegmentManager, Settings,
         registry::{Capacity, Registry},
@@ -160,6 +164,69 @@ pub async fn follow_libvirt_health(
     }
 }
 
+/// Publishes state changes the agent did not make itself (a segment that
+/// crashed or was stopped behind its back) to `WatchEvents`.
+pub async fn observe_segments(manager: Arc<SegmentManager>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        if let Err(e) = manager.observe_all().await {
+            tracing::debug!(error = %e, "observing segments");
+        }
+    }
+}
+
+/// The reporter of a configuration, if it has a `[control_plane]` table.
+pub fn reporter(
+    config: &Config,
+    manager: Arc<SegmentManager>,
+    host: HostFacts,
+) -> Result<Option<impl Future<Output = ()> + Send + 'static>, ConfigError> {
+    let Some(cp) = config.control_plane.clone() else {
+        return Ok(None);
+    };
+    let read = |key: &'static str,
+                p: &Option<std::path::PathBuf>|
+     -> Result<Option<Vec<u8>>, ConfigError> {
+        p.as_ref()
+            .map(|p| {
+                std::fs::read(p).map_err(|e| ConfigError::Invalid {
+                    key,
+                    reason: format!("{}: {e}", p.display()),
+                })
+            })
+            .transpose()
+    };
+    let tls = SinkTls {
+        ca_pem: read("control_plane.tls_ca", &cp.tls_ca)?,
+        identity: match (
+            read("control_plane.tls_cert", &cp.tls_cert)?,
+            read("control_plane.tls_key", &cp.tls_key)?,
+        ) {
+            (Some(c), Some(k)) => Some((c, k)),
+            _ => None,
+        },
+    };
+    let sink = GrpcSink::new(&cp.endpoint, tls).map_err(|e| ConfigError::Invalid {
+        key: "control_plane.endpoint",
+        reason: e.to_string(),
+    })?;
+    let changes = manager.events().subscribe();
+    let collector = Arc::new(Collector::new(
+        manager,
+        host,
+        "/proc".into(),
+        config.state_dir.clone(),
+    ));
+    info!(endpoint = %cp.endpoint, interval_seconds = cp.interval_seconds, "health reports on");
+    let interval = Duration::from_secs(cp.interval_seconds.into());
+    Ok(Some(sender::run(
+        collector,
+        Arc::new(sink),
+        interval,
+        changes,
+    )))
+}
+
 /// Serves `manager` on `listeners` until `shutdown`; `ready` runs once the
 /// listeners accept connections.
 pub async fn serve(
@@ -174,8 +241,10 @@ pub async fn serve(
         reporter.clone(),
         Duration::from_secs(5),
     ));
+    let observer = tokio::spawn(observe_segments(manager.clone(), Duration::from_secs(2)));
     let service = SegmentAgentService::new(manager, host);
     let result = api::serve(listeners, service, health_service, shutdown).await;
     follower.abort();
+    observer.abort();
     result
 }

@@ -79,6 +79,86 @@ pub struct Config {
     pub lifecycle: LifecycleConfig,
     /// Docker inside segments.
     pub docker: DockerConfig,
+    /// Health reports; no table, no reports.
+    pub control_plane: Option<ControlPlaneConfig>,
+}
+
+/// Where and how often health reports go.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ControlPlaneConfig {
+    /// `https://host:port`, or `http://` to a loopback address.
+    pub endpoint: String,
+    /// Seconds between periodic reports (the control plane's ack may change it).
+    #[serde(default = "default_report_interval")]
+    pub interval_seconds: u32,
+    /// CA of the control plane's server certificate (PEM file); needed for https.
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
+    /// The agent's client certificate (PEM file), for mutual TLS.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// The agent's client key (PEM file).
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+}
+
+fn default_report_interval() -> u32 {
+    10
+}
+
+impl ControlPlaneConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let uri: tonic::transport::Uri = self.endpoint.parse().map_err(|e| {
+            invalid(
+                "control_plane.endpoint",
+                format!("{:?}: {e}", self.endpoint),
+            )
+        })?;
+        let host = uri.host().unwrap_or_default().trim_matches(['[', ']']);
+        let loopback = host == "localhost"
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        match uri.scheme_str() {
+            Some("https") if self.tls_ca.is_none() => {
+                return Err(invalid(
+                    "control_plane.tls_ca",
+                    "an https endpoint needs the CA of its server certificate",
+                ));
+            }
+            Some("https") => {}
+            Some("http") if loopback => {}
+            Some("http") => {
+                return Err(invalid(
+                    "control_plane.endpoint",
+                    format!(
+                        "{} is not loopback: plaintext is refused, use https",
+                        self.endpoint
+                    ),
+                ));
+            }
+            _ => {
+                return Err(invalid(
+                    "control_plane.endpoint",
+                    "must start with https:// or http://",
+                ));
+            }
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(invalid(
+                "control_plane.tls_cert",
+                "tls_cert and tls_key go together",
+            ));
+        }
+        if self.interval_seconds == 0 {
+            return Err(invalid(
+                "control_plane.interval_seconds",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Docker inside segments.
@@ -121,6 +201,7 @@ impl Default for Config {
             capacity: CapacityConfig::default(),
             lifecycle: LifecycleConfig::default(),
             docker: DockerConfig::default(),
+            control_plane: None,
         }
     }
 }
@@ -317,6 +398,9 @@ impl Config {
         if c.max_segments == 0 {
             return Err(invalid("capacity.max_segments", "must be at least 1"));
         }
+        if let Some(cp) = &self.control_plane {
+            cp.validate()?;
+        }
         if self.docker.ready_timeout_seconds == 0 {
             return Err(invalid(
                 "docker.ready_timeout_seconds",
@@ -446,6 +530,23 @@ mod tests {
                 "memory_overcommit_ratio",
             ),
             ("[capacity]\nmax_segments = 0", "max_segments"),
+            (
+                "[control_plane]\nendpoint = \"http://cp.example:7444\"",
+                "plaintext",
+            ),
+            (
+                "[control_plane]\nendpoint = \"https://cp.example:7444\"",
+                "tls_ca",
+            ),
+            ("[control_plane]\nendpoint = \"ftp://x\"", "https://"),
+            (
+                "[control_plane]\nendpoint = \"http://127.0.0.1:1\"\ninterval_seconds = 0",
+                "interval",
+            ),
+            (
+                "[control_plane]\nendpoint = \"http://127.0.0.1:1\"\ncolour = 1",
+                "unknown",
+            ),
         ];
         for (text, needle) in cases {
             let err = Config::from_toml(text).unwrap_err().to_string();
@@ -453,5 +554,12 @@ mod tests {
         }
         let ok = "[listen]\ntcp = \"127.0.0.1:7443\"";
         Config::from_toml(ok).unwrap();
+        let cp =
+            Config::from_toml("[control_plane]\nendpoint = \"http://127.0.0.1:7444\"").unwrap();
+        assert_eq!(cp.control_plane.unwrap().interval_seconds, 10);
+        assert!(
+            Config::from_toml("").unwrap().control_plane.is_none(),
+            "no table, no reports"
+        );
     }
 }

@@ -109,6 +109,7 @@ async fn serve(path: &Path) -> anyhow::Result<ExitCode> {
         .await
         .context("recovering segments")?;
     let listeners = Listeners::bind(&config.listen).await?;
+    let reporter = agent::reporter(&config, manager.clone(), host.clone())?.map(tokio::spawn);
     info!(socket = %config.listen.socket.display(), tcp = ?config.listen.tcp, host_id = %host.host_id, "serving");
     let _ = sd_notify::notify(
         false,
@@ -118,6 +119,9 @@ async fn serve(path: &Path) -> anyhow::Result<ExitCode> {
         ],
     );
     agent::serve(manager, host, listeners, shutdown_signal()).await?;
+    if let Some(r) = reporter {
+        r.abort();
+    }
     info!("stopped; segments keep running");
     Ok(ExitCode::SUCCESS)
 }

@@ -38,6 +38,9 @@ pub struct SegmentDirs {
     /// Bound at `/etc/docker`: daemon.json and the TLS files the agent
     /// writes; read-write because dockerd writes `key.json` there.
     pub docker_config: PathBuf,
+    /// The agent's own client certificate for the segment's Docker (health
+    /// checks); host-only, never visible inside the segment.
+    pub agent_tls: PathBuf,
 }
 
 impl SegmentDirs {
@@ -47,16 +50,25 @@ impl SegmentDirs {
             rootfs: base.join("rootfs"),
             docker_data: base.join("docker"),
             docker_config: base.join("etc-docker"),
+            agent_tls: base.join("agent-tls"),
         }
     }
 
     fn create(&self) -> Result<(), StorageError> {
-        for d in [&self.rootfs, &self.docker_data, &self.docker_config] {
+        for d in [
+            &self.rootfs,
+            &self.docker_data,
+            &self.docker_config,
+            &self.agent_tls,
+        ] {
             std::fs::create_dir_all(d).map_err(err("create", d))?;
         }
-        // The server key lives here.
-        std::fs::set_permissions(&self.docker_config, std::fs::Permissions::from_mode(0o700))
-            .map_err(err("chmod", &self.docker_config))
+        // Private keys live in these two.
+        for d in [&self.docker_config, &self.agent_tls] {
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))
+                .map_err(err("chmod", d))?;
+        }
+        Ok(())
     }
 }
 
@@ -65,6 +77,8 @@ pub trait SegmentStorage: Send + Sync + 'static {
     /// Creates (or, after a host reboot, remounts) the segment's filesystems.
     /// Idempotent.
     fn prepare(&self, id: &SegmentId, image: &Image) -> Result<SegmentDirs, StorageError>;
+    /// Where the segment's directories are (no I/O).
+    fn dirs(&self, id: &SegmentId) -> SegmentDirs;
     /// Unmounts and removes everything of the segment. Idempotent.
     fn remove(&self, id: &SegmentId) -> Result<(), StorageError>;
     /// Segments that have filesystems on this host.
@@ -129,6 +143,10 @@ impl SegmentStorage for OverlayStorage {
         Ok(dirs)
     }
 
+    fn dirs(&self, id: &SegmentId) -> SegmentDirs {
+        SegmentDirs::under(&self.segment_dir(id))
+    }
+
     fn remove(&self, id: &SegmentId) -> Result<(), StorageError> {
         let base = self.segment_dir(id);
         let rootfs = base.join("rootfs");
@@ -182,6 +200,10 @@ impl SegmentStorage for PlainDirStorage {
         let dirs = SegmentDirs::under(&self.dir.join(id.as_str()));
         dirs.create()?;
         Ok(dirs)
+    }
+
+    fn dirs(&self, id: &SegmentId) -> SegmentDirs {
+        SegmentDirs::under(&self.dir.join(id.as_str()))
     }
 
     fn remove(&self, id: &SegmentId) -> Result<(), StorageError> {

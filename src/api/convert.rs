@@ -79,7 +79,8 @@ pub fn cluster_filter(value: &str) -> Result<Option<ClusterId>, InvalidArgument>
     }
 }
 
-fn timestamp(t: SystemTime) -> prost_types::Timestamp {
+/// A protobuf timestamp.
+pub fn timestamp(t: SystemTime) -> prost_types::Timestamp {
     let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     prost_types::Timestamp {
         seconds: since.as_secs() as i64,

@@ -3,6 +3,7 @@
 //! method, and convert back. No libvirt, nix or filesystem calls here.
 
 pub mod convert;
+pub mod events;
 pub mod segments;
 pub mod server;
 pub mod status;

@@ -82,6 +82,19 @@ impl SegmentAgent for SegmentAgentService {
         Ok(Response::new(self.manager.rebuild(&id, ca).await?.into()))
     }
 
+    type WatchEventsStream = super::events::EventStream;
+
+    async fn watch_events(
+        &self,
+        request: Request<pb::WatchEventsRequest>,
+    ) -> Reply<Self::WatchEventsStream> {
+        let cluster = convert::cluster_filter(&request.into_inner().cluster_id)?;
+        Ok(Response::new(super::events::watch(
+            self.manager.clone(),
+            cluster,
+        )))
+    }
+
     async fn get_host(&self, _request: Request<pb::GetHostRequest>) -> Reply<pb::Host> {
         let libvirt_version = self.manager.hypervisor_version().await?.libvirt;
         let (usage, capacity) = self.manager.usage();

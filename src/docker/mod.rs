@@ -70,6 +70,36 @@ pub fn write_config(dir: &Path, ca_pem: &str, server: &ServerCert) -> io::Result
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// Writes the agent's own client certificate for a segment's Docker into
+/// the host-only directory `dir`: `ca.pem`, `cert.pem`, `key.pem` (0600).
+pub fn write_agent_tls(dir: &Path, ca_pem: &str, cert_pem: &str, key_pem: &str) -> io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for (name, text, mode) in [
+        ("ca.pem", ca_pem, 0o644),
+        ("cert.pem", cert_pem, 0o644),
+        ("key.pem", key_pem, 0o600),
+    ] {
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".agent.")
+            .tempfile_in(dir)?;
+        tmp.write_all(text.as_bytes())?;
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(mode))?;
+        tmp.as_file().sync_all()?;
+        tmp.persist(dir.join(name)).map_err(|e| e.error)?;
+    }
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Reads what [`write_agent_tls`] wrote, as a probe's TLS client.
+pub fn read_agent_tls(dir: &Path) -> Result<probe::ProbeTls, probe::ProbeError> {
+    let read = |f: &str| {
+        std::fs::read_to_string(dir.join(f))
+            .map_err(|e| probe::ProbeError(format!("{}: {e}", dir.join(f).display())))
+    };
+    probe::ProbeTls::new(&read("ca.pem")?, &read("cert.pem")?, &read("key.pem")?)
+}
+
 /// Asks the segment's init to restart dockerd (and the policy plugin): SIGUSR1
 /// to its host PID. Blocks briefly.
 pub fn request_restart(init_pid: u32) -> io::Result<()> {

@@ -1,7 +1,7 @@
 //! An in-memory hypervisor for fast tests: domains are XML strings, and
 //! failures can be injected per operation.
 
-use super::{DomainEntry, HvError, Hypervisor, HypervisorVersion};
+use super::{DomainEntry, DomainUsage, HvError, Hypervisor, HypervisorVersion};
 use crate::{segment::spec::DOMAIN_PREFIX, xml::metadata};
 use std::{
     collections::{BTreeMap, HashSet},
@@ -14,6 +14,7 @@ struct State {
     fail: HashSet<&'static str>,
     down: bool,
     calls: Vec<String>,
+    usage: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -64,6 +65,15 @@ impl FakeHypervisor {
             .domains
             .get(name)
             .map(|d| d.xml.clone())
+    }
+
+    /// Sets the memory a domain reports as used.
+    pub fn set_memory_used(&self, name: &str, bytes: u64) {
+        self.state
+            .lock()
+            .unwrap()
+            .usage
+            .insert(name.to_owned(), bytes);
     }
 
     /// Stops a domain behind the agent's back (as a crash would).
@@ -187,6 +197,18 @@ impl Hypervisor for FakeHypervisor {
         self.with("set_record", name, |s| {
             Self::domain(s, name)?.record_xml = Some(record_xml.to_owned());
             Ok(())
+        })
+    }
+
+    fn usage(&self, name: &str) -> Result<DomainUsage, HvError> {
+        self.with("usage", name, |s| {
+            let used = s.usage.get(name).copied().unwrap_or(0);
+            Self::domain(s, name)?;
+            Ok(DomainUsage {
+                memory_used_bytes: used,
+                memory_limit_bytes: 0,
+                cpu_time_ns: used / 1024,
+            })
         })
     }
 

@@ -1,6 +1,6 @@
 //! The real hypervisor: libvirtd through the `virt` bindings.
 
-use super::{DomainEntry, HvError, Hypervisor, HypervisorVersion};
+use super::{DomainEntry, DomainUsage, HvError, Hypervisor, HypervisorVersion};
 use crate::{
     segment::spec::DOMAIN_PREFIX,
     xml::{METADATA_PREFIX, METADATA_URI, MetadataError, metadata},
@@ -190,6 +190,18 @@ impl Hypervisor for Libvirt {
             flags,
         )
         .map_err(|e| self.error("set metadata", name, e))
+    }
+
+    fn usage(&self, name: &str) -> Result<DomainUsage, HvError> {
+        let dom = self.domain("usage", name)?;
+        // The LXC driver reads these from the segment's cgroup: memory is
+        // the current usage, max_mem the limit (both KiB), cpu_time in ns.
+        let info = dom.info().map_err(|e| self.error("usage", name, e))?;
+        Ok(DomainUsage {
+            memory_used_bytes: info.memory * 1024,
+            memory_limit_bytes: info.max_mem * 1024,
+            cpu_time_ns: info.cpu_time,
+        })
     }
 
     fn init_pid(&self, name: &str) -> Result<u32, HvError> {

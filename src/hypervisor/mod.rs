@@ -43,6 +43,17 @@ pub struct DomainEntry {
     pub record: Result<SegmentRecord, MetadataError>,
 }
 
+/// Resource use of a running domain.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DomainUsage {
+    /// Memory in use by the segment's cgroup.
+    pub memory_used_bytes: u64,
+    /// Its hard memory limit.
+    pub memory_limit_bytes: u64,
+    /// CPU time consumed since it started.
+    pub cpu_time_ns: u64,
+}
+
 /// Versions reported by the hypervisor.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HypervisorVersion {
@@ -70,6 +81,8 @@ pub trait Hypervisor: Send + Sync + 'static {
     fn undefine(&self, name: &str) -> Result<(), HvError>;
     /// Replaces the agent's metadata record of the domain.
     fn set_record(&self, name: &str, record_xml: &str) -> Result<(), HvError>;
+    /// Memory and CPU use of a running domain.
+    fn usage(&self, name: &str) -> Result<DomainUsage, HvError>;
     /// The host PID of a running domain's init process.
     fn init_pid(&self, name: &str) -> Result<u32, HvError>;
     /// The hypervisor's versions; also a liveness probe.

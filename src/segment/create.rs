@@ -4,11 +4,14 @@
 
 use super::{
     Error, Segment, SegmentManager,
-    spec::{SegmentRecord, SegmentRequest},
+    spec::{SegmentId, SegmentRecord, SegmentRequest},
 };
 use crate::{
     certs::{self, ClusterCa},
-    docker,
+    docker::{
+        self,
+        probe::{ProbeError, ProbeTls},
+    },
     images::Image,
     storage::SegmentDirs,
     xml::{DomainSpec, FilesystemMount, NetworkInterface},
@@ -41,19 +44,22 @@ impl SegmentManager {
             request.ca_cert_pem = None;
         }
         let record = self.registry.admit(request, SystemTime::now())?;
+        self.announce(&record.request.id).await;
         let record = match self.provision(record.clone(), &image, ca.as_ref()).await {
             Ok(record) => record,
             Err(e) => {
                 warn!(error = %e, "create failed; undoing it");
                 self.undo_create(&record).await;
+                self.announce(&record.request.id).await;
                 return Err(e);
             }
         };
         self.registry.update(&record.request.id, |e| e.op = None);
         info!(address = %record.address, image = %image.name, "segment running");
-        if let Some(ca) = &ca {
-            self.await_docker(&record, ca).await;
+        if ca.is_some() {
+            self.await_docker(&record).await;
         }
+        self.announce(&record.request.id).await;
         self.get(&record.request.id).await
     }
 
@@ -139,7 +145,9 @@ impl SegmentManager {
     }
 
     /// Issues the segment's Docker server certificate and writes Docker's
-    /// configuration into its `/etc/docker`; returns the expiry.
+    /// configuration into its `/etc/docker`, and the agent's own client
+    /// certificate (for readiness and health checks) into a host-only
+    /// directory; returns the server certificate's expiry.
     pub(crate) async fn certify(
         &self,
         record: &SegmentRecord,
@@ -154,12 +162,17 @@ impl SegmentManager {
             SystemTime::now(),
         )
         .map_err(|e| Error::Internal(format!("issuing the Docker server certificate: {e}")))?;
+        let (client_cert, client_key) = certs::issue_client_cert(ca, "segment-agent")
+            .map_err(|e| Error::Internal(format!("issuing the agent's client certificate: {e}")))?;
         let not_after = server.not_after;
-        let (dir, ca_pem) = (dirs.docker_config.clone(), ca.canonical_cert_pem());
-        tokio::task::spawn_blocking(move || docker::write_config(&dir, &ca_pem, &server))
-            .await
-            .map_err(|e| Error::Internal(format!("config task: {e}")))?
-            .map_err(|e| Error::Internal(format!("writing Docker's configuration: {e}")))?;
+        let (dirs, ca_pem) = (dirs.clone(), ca.canonical_cert_pem());
+        tokio::task::spawn_blocking(move || {
+            docker::write_agent_tls(&dirs.agent_tls, &ca_pem, &client_cert, &client_key)?;
+            docker::write_config(&dirs.docker_config, &ca_pem, &server)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("config task: {e}")))?
+        .map_err(|e| Error::Internal(format!("writing Docker's configuration: {e}")))?;
         Ok(not_after)
     }
 
@@ -220,35 +233,48 @@ impl SegmentManager {
     /// Waits for Docker to answer `/_ping` over TLS; a segment whose Docker
     /// does not answer in time is FAILED with the reason (it is not removed:
     /// only DeleteSegment removes a segment).
-    pub(crate) async fn await_docker(&self, record: &SegmentRecord, ca: &ClusterCa) {
+    pub(crate) async fn await_docker(&self, record: &SegmentRecord) {
         let id = &record.request.id;
         let endpoint = std::net::SocketAddr::from((record.address, docker::DOCKER_TLS_PORT));
-        let outcome = match certs::issue_client_cert(ca, "segment-agent") {
-            Ok((cert, key)) => {
-                match docker::probe::ProbeTls::new(&ca.canonical_cert_pem(), &cert, &key) {
-                    Ok(tls) => docker::probe::wait_ready(
-                        self.probe.as_ref(),
-                        endpoint,
-                        &tls,
-                        self.settings.docker.ready_timeout,
-                    )
-                    .await
-                    .map_err(|e| e.to_string()),
-                    Err(e) => Err(e.to_string()),
-                }
-            }
-            Err(e) => Err(format!("issuing the agent's client certificate: {e}")),
+        let timeout = self.settings.docker.ready_timeout;
+        let outcome = match self.agent_tls(id).await {
+            Ok(tls) => docker::probe::wait_ready(self.probe.as_ref(), endpoint, &tls, timeout)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
         };
         match outcome {
             Ok(took) => info!(?took, "Docker answers /_ping over TLS"),
             Err(last) => {
                 let reason = format!(
-                    "Docker did not answer /_ping over TLS on {endpoint} within {:?}: {last}",
-                    self.settings.docker.ready_timeout
+                    "Docker did not answer /_ping over TLS on {endpoint} within {timeout:?}: {last}"
                 );
                 warn!(%reason, "segment FAILED");
                 self.registry.update(id, |e| e.failure = Some(reason));
             }
+        }
+    }
+
+    /// The agent's TLS client for the segment's Docker.
+    async fn agent_tls(&self, id: &SegmentId) -> Result<ProbeTls, ProbeError> {
+        let dir = self.storage.dirs(id).agent_tls;
+        tokio::task::spawn_blocking(move || docker::read_agent_tls(&dir))
+            .await
+            .map_err(|e| ProbeError(format!("reading the agent's TLS files: {e}")))?
+    }
+
+    /// One health check of a running segment's Docker: `/_ping` over TLS.
+    pub async fn docker_health(&self, segment: &Segment) -> Result<(), String> {
+        let r = &segment.record;
+        let tls = self
+            .agent_tls(&r.request.id)
+            .await
+            .map_err(|e| e.to_string())?;
+        let endpoint = std::net::SocketAddr::from((r.address, docker::DOCKER_TLS_PORT));
+        let ping = self.probe.ping(endpoint, &tls);
+        match tokio::time::timeout(std::time::Duration::from_secs(2), ping).await {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("{endpoint}: no answer to /_ping within 2 s")),
         }
     }
 

@@ -21,6 +21,7 @@ impl SegmentManager {
             .get(id)
             .ok_or_else(|| Error::NotFound(id.clone()))?;
         self.registry.update(id, |e| e.op = Some(Op::Deleting));
+        self.announce(id).await;
         let result = self.remove_everything(entry.record).await;
         match &result {
             Ok(()) => {
@@ -35,6 +36,7 @@ impl SegmentManager {
                 });
             }
         }
+        self.announce(id).await;
         result
     }
 

@@ -22,6 +22,7 @@ pub use state::{Segment, SegmentState};
 
 use crate::{
     docker::probe::DockerProbe,
+    events::EventHub,
     hypervisor::Hypervisor,
     images::ImageStore,
     network::SegmentNetwork,
@@ -131,6 +132,7 @@ pub struct SegmentManager {
     registry: Registry,
     locks: SegmentLocks,
     settings: Settings,
+    events: EventHub,
 }
 
 impl SegmentManager {
@@ -145,7 +147,41 @@ impl SegmentManager {
             registry,
             locks: SegmentLocks::default(),
             settings,
+            events: EventHub::default(),
         }
+    }
+
+    /// State changes, for watchers.
+    pub fn events(&self) -> &EventHub {
+        &self.events
+    }
+
+    /// Publishes the segment's current state if it changed.
+    pub(crate) async fn announce(&self, id: &SegmentId) {
+        match self.get(id).await {
+            Ok(segment) => {
+                self.events.observe(&segment);
+            }
+            Err(Error::NotFound(_)) => self.events.removed(id),
+            Err(_) => {}
+        }
+    }
+
+    /// Observes every segment and publishes what changed, including
+    /// segments that went away; catches changes the agent did not make.
+    pub async fn observe_all(&self) -> Result<(), Error> {
+        let segments = self.list(None).await?;
+        let present: Vec<SegmentId> = segments
+            .iter()
+            .map(|s| s.record.request.id.clone())
+            .collect();
+        for segment in &segments {
+            self.events.observe(segment);
+        }
+        for gone in self.events.missing(&present) {
+            self.events.removed(&gone);
+        }
+        Ok(())
     }
 
     /// The settings in force.
@@ -238,5 +274,16 @@ impl SegmentManager {
     /// The hypervisor's versions; fails with `Unavailable` when libvirtd is down.
     pub async fn hypervisor_version(&self) -> Result<crate::hypervisor::HypervisorVersion, Error> {
         self.blocking(|hv| hv.version()).await
+    }
+}
+
+impl SegmentManager {
+    /// Memory and CPU use of a running segment.
+    pub async fn segment_usage(
+        &self,
+        id: &SegmentId,
+    ) -> Result<crate::hypervisor::DomainUsage, Error> {
+        let name = id.domain_name();
+        self.blocking(move |hv| hv.usage(&name)).await
     }
 }

@@ -39,6 +39,7 @@ impl SegmentManager {
             self.blocking(move |hv| hv.start(&name)).await?;
             info!("segment started");
         }
+        self.announce(id).await;
         self.get(id).await
     }
 
@@ -64,6 +65,7 @@ impl SegmentManager {
             let timeout = timeout.unwrap_or(self.settings.stop_timeout);
             self.stop_domain(id, timeout).await?;
         }
+        self.announce(id).await;
         self.get(id).await
     }
 

@@ -47,7 +47,8 @@ impl SegmentManager {
         // The old dockerd may still answer for a moment; the supervisor stops
         // it first, so wait until the restart is under way.
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        self.await_docker(&record, &ca).await;
+        self.await_docker(&record).await;
+        self.announce(id).await;
         self.get(id).await
     }
 }

@@ -54,6 +54,7 @@ impl SegmentManager {
                 Err(e) => error!(segment_id = %id, error = %e, "cannot remove orphan directory"),
             }
         }
+        self.observe_all().await?;
         info!(?report, "recovery done");
         Ok(report)
     }

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod control_plane;
+pub mod docker;
 pub mod real;
 
 use hyper_util::rt::TokioIo;
@@ -122,6 +124,28 @@ impl FakeAgent {
 
     /// Starts an agent over an existing fake and state dir (an agent restart).
     pub async fn start_with(hv: Arc<FakeHypervisor>, dir: tempfile::TempDir, extra: &str) -> Self {
+        Self::start_with_probe_over(hv, dir, extra, FakeProbe { ready: true }).await
+    }
+
+    /// Like [`FakeAgent::start`], with a Docker probe that answers at once
+    /// (`ready`) or never.
+    pub async fn start_with_probe(extra: &str, ready: bool) -> Self {
+        Self::start_with_probe_over(
+            Arc::new(FakeHypervisor::new()),
+            tempfile::tempdir().unwrap(),
+            extra,
+            FakeProbe { ready },
+        )
+        .await
+    }
+
+    /// Like [`FakeAgent::start_with`], with the given Docker probe.
+    pub async fn start_with_probe_over(
+        hv: Arc<FakeHypervisor>,
+        dir: tempfile::TempDir,
+        extra: &str,
+        probe: FakeProbe,
+    ) -> Self {
         let socket = dir.path().join("agent.sock");
         fake_image(&dir.path().join("images"), "dev");
         let apparmor = if extra.contains("apparmor =") {
@@ -148,7 +172,7 @@ impl FakeAgent {
             storage: Arc::new(PlainDirStorage::new(dir.path().join("segments")))
                 as Arc<dyn SegmentStorage>,
             images: ImageStore::new(dir.path().join("images")),
-            probe: Arc::new(FakeProbe { ready: true }),
+            probe: Arc::new(probe),
         };
         let mut settings = agent::settings(&config).unwrap();
         let loader = NoApparmor(dir.path().join("no-apparmor"));
@@ -160,6 +184,9 @@ impl FakeAgent {
         ));
         manager.recover().await.unwrap();
         let listeners = Listeners::bind(&config.listen).await.unwrap();
+        let reporter = agent::reporter(&config, manager.clone(), host.clone())
+            .unwrap()
+            .map(tokio::spawn);
         let (stop, stopped) = oneshot::channel();
         let m = manager.clone();
         let task = tokio::spawn(async move {
@@ -168,6 +195,9 @@ impl FakeAgent {
             })
             .await
             .unwrap();
+            if let Some(r) = reporter {
+                r.abort();
+            }
         });
         let client = SegmentAgentClient::new(unix_channel(&socket).await);
         FakeAgent {
