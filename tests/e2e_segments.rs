@@ -265,7 +265,7 @@ async fn stop_is_graceful_and_start_brings_it_back() {
 
 #[tokio::test]
 async fn concurrent_creates_get_distinct_addresses() {
-    let agent = RealAgent::start("conc", "203.0.113.220-203.0.113.229", "").await;
+    let agent = RealAgent::start("conc", "203.0.113.220-203.0.113.227", "").await;
     let c = agent.client().await;
     let mut tasks = Vec::new();
     for i in 0..8 {

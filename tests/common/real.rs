@@ -240,3 +240,28 @@ fn cleanup(prefix: &str, state_dir: &Path) {
     }
     let _ = std::fs::remove_dir_all(state_dir);
 }
+
+/// Binds a TCP listener inside the sandbox network namespace (from a thread
+/// that enters it; the socket keeps its namespace afterwards), so a test
+/// server is reachable from agents running there.
+pub fn listen_in_sandbox(addr: &str) -> std::net::TcpListener {
+    let addr = addr.to_owned();
+    std::thread::spawn(move || {
+        let ns = std::fs::File::open(NETNS).expect("sandbox namespace");
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("entering the sandbox namespace");
+        std::net::TcpListener::bind(&addr).expect("binding in the sandbox")
+    })
+    .join()
+    .unwrap()
+}
+
+/// CPU time (user + system) of a process so far.
+pub fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name, which is in parentheses.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).unwrap().unwrap() as u64;
+    Duration::from_millis(ticks * 1000 / hz)
+}
