@@ -486,3 +486,130 @@ async fn enforcing_apparmor_without_apparmor_fails_closed() {
     );
     assert_eq!(host.address_pool_free, host.address_pool_size);
 }
+
+#[tokio::test]
+async fn stop_is_forced_after_the_timeout() {
+    let mut a = FakeAgent::start("").await;
+    a.client
+        .create_segment(small_req("stubborn", "c1"))
+        .await
+        .unwrap();
+    a.hv.ignore_shutdown();
+    let started = std::time::Instant::now();
+    let s = a
+        .client
+        .stop_segment(StopSegmentRequest {
+            segment_id: "stubborn".into(),
+            timeout_seconds: 1,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(s.state(), SegmentState::Stopped);
+    let took = started.elapsed();
+    assert!(
+        took >= std::time::Duration::from_secs(1),
+        "waited for the graceful stop: {took:?}"
+    );
+    let calls = a.hv.calls();
+    let shutdown = calls
+        .iter()
+        .position(|c| c == "shutdown seg-stubborn")
+        .expect("graceful first");
+    let destroy = calls
+        .iter()
+        .position(|c| c == "destroy seg-stubborn")
+        .expect("then forced");
+    assert!(shutdown < destroy, "{calls:?}");
+}
+
+/// TCP is mutual TLS only: a client with a certificate of the configured
+/// client CA is served; one without, or from another CA, is refused.
+#[tokio::test]
+async fn tcp_listener_requires_a_client_certificate() {
+    use segment_agent::{
+        api::Listeners,
+        certs::{ClusterCa, generate_test_ca, issue_client_cert, issue_server_cert},
+        config::ListenConfig,
+        proto::agent::segment_agent_client::SegmentAgentClient,
+    };
+    use std::time::{Duration, SystemTime};
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    let dir = tempfile::tempdir().unwrap();
+    let day = Duration::from_secs(86_400);
+    let (ca_pem, ca_key) = generate_test_ca("scheduler-ca", day).unwrap();
+    let ca = ClusterCa::from_pem(&ca_pem, &ca_key, SystemTime::now()).unwrap();
+    let server = issue_server_cert(
+        &ca,
+        "127.0.0.1".parse().unwrap(),
+        "localhost",
+        day,
+        SystemTime::now(),
+    )
+    .unwrap();
+    for (name, text) in [
+        ("ca.pem", &ca_pem),
+        ("cert.pem", &server.cert_pem),
+        ("key.pem", &server.key_pem),
+    ] {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    let config = ListenConfig {
+        socket: dir.path().join("agent.sock"),
+        tcp: Some("127.0.0.1:0".parse().unwrap()),
+        tls_cert: Some(dir.path().join("cert.pem")),
+        tls_key: Some(dir.path().join("key.pem")),
+        tls_client_ca: Some(dir.path().join("ca.pem")),
+    };
+    let agent = FakeAgent::start("").await;
+    let listeners = Listeners::bind(&config).await.unwrap();
+    let port = listeners.tcp_addr().unwrap().port();
+    let host = segment_agent::host::HostFacts {
+        host_id: "tcp".into(),
+        cpus: 1,
+        memory_mib: 1024,
+    };
+    tokio::spawn(segment_agent::agent::serve(
+        agent.manager.clone(),
+        host,
+        listeners,
+        std::future::pending(),
+    ));
+    let call = |identity: Option<Identity>| {
+        let ca_pem = ca_pem.clone();
+        async move {
+            let mut tls = ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(ca_pem))
+                .domain_name("localhost");
+            if let Some(id) = identity {
+                tls = tls.identity(id);
+            }
+            let channel = Endpoint::from_shared(format!("https://127.0.0.1:{port}"))
+                .unwrap()
+                .tls_config(tls)
+                .unwrap()
+                .connect()
+                .await;
+            match channel {
+                Ok(ch) => SegmentAgentClient::new(ch)
+                    .get_host(GetHostRequest {})
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+    };
+    let (cert, key) = issue_client_cert(&ca, "scheduler").unwrap();
+    call(Some(Identity::from_pem(cert, key)))
+        .await
+        .expect("a client of the configured CA is served");
+    assert!(call(None).await.is_err(), "no client certificate: refused");
+    let (other_pem, other_key) = generate_test_ca("other", day).unwrap();
+    let other = ClusterCa::from_pem(&other_pem, &other_key, SystemTime::now()).unwrap();
+    let (cert, key) = issue_client_cert(&other, "intruder").unwrap();
+    assert!(
+        call(Some(Identity::from_pem(cert, key))).await.is_err(),
+        "another CA: refused"
+    );
+}

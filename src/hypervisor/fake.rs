@@ -13,6 +13,7 @@ struct State {
     domains: BTreeMap<String, FakeDomain>,
     fail: HashSet<&'static str>,
     down: bool,
+    ignore_shutdown: bool,
     calls: Vec<String>,
     usage: BTreeMap<String, u64>,
 }
@@ -65,6 +66,12 @@ impl FakeHypervisor {
             .domains
             .get(name)
             .map(|d| d.xml.clone())
+    }
+
+    /// Makes domains ignore graceful shutdown requests (an init without a
+    /// SIGTERM handler), so only a forced stop ends them.
+    pub fn ignore_shutdown(&self) {
+        self.state.lock().unwrap().ignore_shutdown = true;
     }
 
     /// Sets the memory a domain reports as used.
@@ -174,7 +181,9 @@ impl Hypervisor for FakeHypervisor {
 
     fn shutdown(&self, name: &str) -> Result<(), HvError> {
         self.with("shutdown", name, |s| {
-            Self::domain(s, name)?.running = false;
+            let ignore = s.ignore_shutdown;
+            let d = Self::domain(s, name)?;
+            d.running = d.running && ignore;
             Ok(())
         })
     }
