@@ -61,6 +61,15 @@ pub fn run(config: &Config, hv: &dyn Hypervisor, apparmor: &dyn ProfileLoader) -
         name: "state dir",
         result: writable(&config.state_dir),
     });
+    let plugin = config.docker.tools_dir.join(crate::docker::AUTHZ_BINARY);
+    checks.push(Check {
+        name: "policy plugin",
+        result: if plugin.is_file() {
+            Ok(format!("{} installed", plugin.display()))
+        } else {
+            Err(format!("{} missing: Docker segments would be refused", plugin.display()))
+        },
+    });
     checks.push(Check {
         name: "apparmor",
         result: match config.apparmor {
