@@ -23,13 +23,21 @@ async fn reports_reach_the_control_plane_and_its_outage_costs_nothing() {
     c.create_segment(small_req("rep-a", "c1")).await.unwrap();
     let r = cp
         .wait_for(Duration::from_secs(10), |r| {
-            r.segments.iter().any(|s| s.segment_id == "rep-a" && s.state() == SegmentState::Running && s.memory_used_bytes > 0)
+            r.segments.iter().any(|s| {
+                s.segment_id == "rep-a"
+                    && s.state() == SegmentState::Running
+                    && s.memory_used_bytes > 0
+            })
         })
         .await;
     let s = r.segments.iter().find(|s| s.segment_id == "rep-a").unwrap();
     assert_eq!(s.memory_limit_bytes, 256 << 20);
     assert!(s.cpu_time_ns > 0, "{s:?}");
-    let libvirt = r.conditions.iter().find(|c| c.r#type == "LibvirtReachable").unwrap();
+    let libvirt = r
+        .conditions
+        .iter()
+        .find(|c| c.r#type == "LibvirtReachable")
+        .unwrap();
     assert!(libvirt.status, "{libvirt:?}");
     assert!(!r.boot_id.is_empty() && r.host.unwrap().load1 >= 0.0);
 
@@ -40,15 +48,22 @@ async fn reports_reach_the_control_plane_and_its_outage_costs_nothing() {
     cp.kill().await;
     tokio::time::sleep(Duration::from_secs(4)).await;
     let s = c
-        .get_segment(segment_agent::proto::agent::GetSegmentRequest { segment_id: "rep-a".into() })
+        .get_segment(segment_agent::proto::agent::GetSegmentRequest {
+            segment_id: "rep-a".into(),
+        })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(s.state(), SegmentState::Running);
     assert_eq!(init_pid("seg-rep-a"), Some(pid));
     cp.restart(listen_in_sandbox(&addr.to_string()));
-    let resumed = cp.wait_for(Duration::from_secs(20), |r| r.sequence > last).await;
+    let resumed = cp
+        .wait_for(Duration::from_secs(20), |r| r.sequence > last)
+        .await;
     assert!(resumed.segments.iter().any(|s| s.segment_id == "rep-a"));
     assert_eq!(init_pid("seg-rep-a"), Some(pid));
-    assert!(agent.log().contains("control plane unreachable"), "the outage is logged once");
+    assert!(
+        agent.log().contains("control plane unreachable"),
+        "the outage is logged once"
+    );
 }

@@ -138,7 +138,11 @@ pub async fn run(
 
 /// Sleeps `wait`, or less when a segment changes state and the control
 /// plane is reachable (then after [`COALESCE`], draining the burst).
-async fn wait_for_next(changes: &mut broadcast::Receiver<crate::events::Event>, wait: Duration, early: bool) {
+async fn wait_for_next(
+    changes: &mut broadcast::Receiver<crate::events::Event>,
+    wait: Duration,
+    early: bool,
+) {
     let deadline = tokio::time::sleep(wait);
     tokio::pin!(deadline);
     tokio::select! {

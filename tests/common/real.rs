@@ -248,7 +248,8 @@ pub fn listen_in_sandbox(addr: &str) -> std::net::TcpListener {
     let addr = addr.to_owned();
     std::thread::spawn(move || {
         let ns = std::fs::File::open(NETNS).expect("sandbox namespace");
-        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("entering the sandbox namespace");
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+            .expect("entering the sandbox namespace");
         std::net::TcpListener::bind(&addr).expect("binding in the sandbox")
     })
     .join()
@@ -262,6 +263,8 @@ pub fn cpu_time(pid: u32) -> Duration {
     let rest = &stat[stat.rfind(')').unwrap() + 2..];
     let fields: Vec<&str> = rest.split(' ').collect();
     let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).unwrap().unwrap() as u64;
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .unwrap()
+        .unwrap() as u64;
     Duration::from_millis(ticks * 1000 / hz)
 }
