@@ -67,3 +67,105 @@ async fn reports_reach_the_control_plane_and_its_outage_costs_nothing() {
         "the outage is logged once"
     );
 }
+
+/// The dockerd of a segment, as a host PID (found through its cgroup).
+fn dockerd_pid(domain: &str) -> Option<i32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+        let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+        (comm.trim() == "dockerd" && cgroup.contains(&format!("-{domain}.libvirt-lxc")))
+            .then_some(pid)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reports_show_memory_use_and_docker_readiness() {
+    use common::docker::{DockerCli, TestCa, docker_req};
+    let listener = listen_in_sandbox("127.0.0.1:0");
+    let addr = listener.local_addr().unwrap();
+    let cp = TestControlPlane::serve(listener);
+    cp.set_next_interval(1);
+    let extra = format!("[control_plane]\nendpoint = \"http://{addr}\"\ninterval_seconds = 1\n");
+    let agent = RealAgent::start("repd", "203.0.113.229", &extra).await;
+    let ca = TestCa::new("repd-ca");
+    let mut c = agent.client().await;
+    let s = c
+        .create_segment(docker_req("repd-a", &ca, 1024))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(s.state(), SegmentState::Running, "{}", s.state_reason);
+    let health = |r: &segment_agent::proto::controlplane::HealthReport| {
+        r.segments
+            .iter()
+            .find(|s| s.segment_id == "repd-a")
+            .cloned()
+    };
+    let ready = cp
+        .wait_for(Duration::from_secs(15), |r| {
+            health(r).is_some_and(|h| h.docker_ready)
+        })
+        .await;
+    let before = health(&ready).unwrap();
+    assert!(before.server_cert_not_after.is_some());
+
+    // A process in the segment takes 200 MiB: the segment's usage rises.
+    let docker = DockerCli::of(&s.public_ipv4, &ca);
+    docker.import_busybox();
+    docker.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "hold",
+        "--tmpfs",
+        "/t:size=300m",
+        "busybox",
+        "sh",
+        "-c",
+        "dd if=/dev/zero of=/t/fill bs=1M count=200 && sleep 100000",
+    ]);
+    let grown = cp
+        .wait_for(Duration::from_secs(30), |r| {
+            health(r).is_some_and(|h| h.memory_used_bytes > before.memory_used_bytes + (150 << 20))
+        })
+        .await;
+    let after = health(&grown).unwrap();
+    assert!(
+        after.memory_used_bytes < after.memory_limit_bytes,
+        "{after:?}"
+    );
+
+    // dockerd dies (and its supervisor cannot bring it back while its
+    // configuration is away): Docker ready turns false, then true again.
+    let config = agent.segment_dir("repd-a").join("etc-docker");
+    std::fs::rename(config.join("daemon.json"), config.join("daemon.json.away")).unwrap();
+    let pid = dockerd_pid("seg-repd-a").expect("the segment's dockerd");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let down = cp
+        .wait_for(Duration::from_secs(20), |r| {
+            r.sequence > grown.sequence && health(r).is_some_and(|h| !h.docker_ready)
+        })
+        .await;
+    let h = health(&down).unwrap();
+    assert_eq!(
+        h.state(),
+        SegmentState::Running,
+        "the segment itself still runs"
+    );
+    assert!(!h.docker_reason.is_empty());
+    std::fs::rename(config.join("daemon.json.away"), config.join("daemon.json")).unwrap();
+    cp.wait_for(Duration::from_secs(30), |r| {
+        r.sequence > down.sequence && health(r).is_some_and(|h| h.docker_ready)
+    })
+    .await;
+    assert_eq!(
+        docker.inspect("{{.State.Running}}", "hold"),
+        "true",
+        "live-restore kept the container"
+    );
+}
