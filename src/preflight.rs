@@ -67,7 +67,10 @@ pub fn run(config: &Config, hv: &dyn Hypervisor, apparmor: &dyn ProfileLoader) -
         result: if plugin.is_file() {
             Ok(format!("{} installed", plugin.display()))
         } else {
-            Err(format!("{} missing: Docker segments would be refused", plugin.display()))
+            Err(format!(
+                "{} missing: Docker segments would be refused",
+                plugin.display()
+            ))
         },
     });
     checks.push(Check {

@@ -18,7 +18,7 @@ pub mod policy;
 pub mod probe;
 pub mod resolver;
 
-use crate::certs::ServerCert;
+use crate::{certs::ServerCert, storage::SegmentDirs, xml::FilesystemMount};
 use std::{
     io::{self, Write},
     os::unix::fs::PermissionsExt,
@@ -34,6 +34,29 @@ pub const AUTHZ_PLUGIN: &str = "segment-policy";
 pub const TOOLS_MOUNT: &str = "/opt/segment-agent";
 /// The policy plugin binary, relative to the tools directory.
 pub const AUTHZ_BINARY: &str = "bin/segment-authz";
+
+/// Host character devices a Docker segment needs: runc allows them to every
+/// container, and a cgroup v1 child gets only what its parent has.
+pub const CHAR_DEVICES: [&str; 2] = ["/dev/net/tun", "/dev/console"];
+
+/// The filesystems of a segment: its root, and for a Docker image
+/// `/var/lib/docker`, `/etc/docker` and the agent's tools (read-only).
+pub fn segment_mounts(dirs: &SegmentDirs, tools_dir: &Path, docker: bool) -> Vec<FilesystemMount> {
+    let mount = |source: &Path, target: &str, readonly| FilesystemMount {
+        source: source.to_owned(),
+        target: target.into(),
+        readonly,
+    };
+    let mut mounts = vec![mount(&dirs.rootfs, "/", false)];
+    if docker {
+        mounts.extend([
+            mount(&dirs.docker_data, "/var/lib/docker", false),
+            mount(&dirs.docker_config, "/etc/docker", false),
+            mount(tools_dir, TOOLS_MOUNT, true),
+        ]);
+    }
+    mounts
+}
 
 /// `daemon.json` for a segment: mutual TLS on 2376 and the local socket,
 /// live-restore, and the policy plugin. `containerd` and `cgroup-parent` are

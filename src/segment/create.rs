@@ -14,14 +14,10 @@ use crate::{
     },
     images::Image,
     storage::SegmentDirs,
-    xml::{DomainSpec, FilesystemMount, NetworkInterface},
+    xml::{DomainSpec, NetworkInterface},
 };
 use std::time::SystemTime;
 use tracing::{info, instrument, warn};
-
-/// Character devices a Docker segment needs (runc allows them to every
-/// container, and a cgroup v1 child gets only what its parent has).
-const DOCKER_CHAR_DEVICES: [&str; 2] = ["/dev/net/tun", "/dev/console"];
 
 impl SegmentManager {
     /// Creates a segment and returns it running. Idempotent on the id: the
@@ -184,32 +180,11 @@ impl SegmentManager {
         dirs: &SegmentDirs,
     ) -> DomainSpec {
         let s = &self.settings;
-        let mut filesystems = vec![FilesystemMount {
-            source: dirs.rootfs.clone(),
-            target: "/".into(),
-            readonly: false,
-        }];
-        let mut char_devices = Vec::new();
-        if image.docker {
-            filesystems.extend([
-                FilesystemMount {
-                    source: dirs.docker_data.clone(),
-                    target: "/var/lib/docker".into(),
-                    readonly: false,
-                },
-                FilesystemMount {
-                    source: dirs.docker_config.clone(),
-                    target: "/etc/docker".into(),
-                    readonly: false,
-                },
-                FilesystemMount {
-                    source: s.docker.tools_dir.clone(),
-                    target: docker::TOOLS_MOUNT.into(),
-                    readonly: true,
-                },
-            ]);
-            char_devices = DOCKER_CHAR_DEVICES.iter().map(|d| d.to_string()).collect();
-        }
+        let filesystems = docker::segment_mounts(dirs, &s.docker.tools_dir, image.docker);
+        let char_devices = match image.docker {
+            true => docker::CHAR_DEVICES.iter().map(|d| d.to_string()).collect(),
+            false => Vec::new(),
+        };
         DomainSpec {
             name: record.request.id.domain_name(),
             uuid: uuid::Uuid::new_v4().to_string(),
