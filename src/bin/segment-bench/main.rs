@@ -107,7 +107,20 @@ struct Args {
     /// Memory of every segment, MiB.
     #[arg(long, default_value_t = 4096)]
     memory_mib: u32,
+    /// Instead of create latency: report size and the agent's CPU cost of
+    /// health reports with `count` segments (serves the dev agent's control
+    /// plane on `--control-plane`).
+    #[arg(long)]
+    reports: bool,
+    /// Where the dev agent reports to (config/dev.toml).
+    #[arg(long, default_value = "127.0.0.1:7444")]
+    control_plane: std::net::SocketAddr,
+    /// The dev agent's pid file.
+    #[arg(long, default_value = "/run/segment-agent/agent.pid")]
+    pid_file: PathBuf,
 }
+
+mod reports;
 
 /// Set on Ctrl-C: the run stops at the next step and cleans up.
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -147,6 +160,34 @@ impl Agent {
             memory_mib,
             tls: None,
         })
+    }
+
+    /// CreateSegment; fails unless the segment is RUNNING.
+    async fn create(&mut self, id: &str) -> Result<()> {
+        let request = CreateSegmentRequest {
+            segment_id: id.into(),
+            cluster_id: CLUSTER.into(),
+            flavor: Some(Flavor {
+                memory_mib: self.memory_mib,
+                vcpus: VCPUS,
+            }),
+            image: self.image.clone(),
+            tls: self.tls.clone(),
+            ..Default::default()
+        };
+        let segment = self
+            .client
+            .create_segment(request)
+            .await
+            .with_context(|| format!("CreateSegment {id}"))?;
+        let segment = segment.into_inner();
+        ensure!(
+            segment.state() == SegmentState::Running,
+            "CreateSegment {id}: {:?} {}",
+            segment.state(),
+            segment.state_reason
+        );
+        Ok(())
     }
 
     /// CreateSegment until it returns a RUNNING segment, then DeleteSegment
@@ -737,7 +778,17 @@ async fn run(args: Args) -> Result<()> {
         }
     });
     sweep(&mut agent, &baseline).await?;
-    let measured = if args.docker {
+    let measured = if args.reports {
+        if args.docker {
+            let (ca_cert_pem, ca_key_pem) =
+                certs::generate_test_ca("bench-cluster", Duration::from_secs(86400))?;
+            agent.tls = Some(ClusterTls {
+                ca_cert_pem,
+                ca_key_pem,
+            });
+        }
+        reports::run(&mut agent, args.count, args.control_plane, &args.pid_file).await
+    } else if args.docker {
         with_docker(&args, &mut agent, &baseline).await
     } else {
         plain(&args, &mut agent, &baseline).await
