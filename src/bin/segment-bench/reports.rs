@@ -68,14 +68,14 @@ impl Inbox {
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             let notified = self.arrived.notified();
-            let reports = self.reports.lock().unwrap();
-            let matching: Vec<usize> = (from..reports.len())
-                .filter(|&i| pred(&reports[i].1))
-                .collect();
-            if matching.len() >= n {
-                return Ok(matching[n - 1]);
+            let found = {
+                let reports = self.reports.lock().unwrap();
+                let mut matching = (from..reports.len()).filter(|&i| pred(&reports[i].1));
+                matching.nth(n - 1)
+            };
+            if let Some(i) = found {
+                return Ok(i);
             }
-            drop(reports);
             ensure!(
                 Instant::now() < deadline,
                 "reports did not arrive (is the dev agent's [control_plane] set?)"
