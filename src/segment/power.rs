@@ -10,6 +10,8 @@ use tracing::{info, instrument, warn};
 
 /// How often a stopping segment is polled.
 const STOP_POLL: Duration = Duration::from_millis(50);
+/// How often the graceful stop request is repeated while waiting.
+const SHUTDOWN_REPEAT: Duration = Duration::from_secs(1);
 
 impl SegmentManager {
     /// Starts a stopped (or failed) segment; a running one is left alone.
@@ -71,21 +73,38 @@ impl SegmentManager {
 
     async fn stop_domain(&self, id: &SegmentId, timeout: Duration) -> Result<(), Error> {
         let name = id.domain_name();
-        let n = name.clone();
-        self.blocking(move |hv| hv.shutdown(&n)).await?;
         let deadline = Instant::now() + timeout;
+        let mut next_request = Instant::now();
         loop {
-            let n = name.clone();
-            if !self.blocking(move |hv| hv.is_running(&n)).await? {
+            // Ask again every second: an init that has not yet installed its
+            // SIGTERM handler (a stop right after a start) ignores the first
+            // request, as PID 1 ignores unhandled signals.
+            if Instant::now() >= next_request {
+                let n = name.clone();
+                match self.blocking(move |hv| hv.shutdown(&n)).await {
+                    Ok(()) => {}
+                    // It stopped between the check and the request.
+                    Err(Error::Hypervisor(_)) if !self.domain_running(&name).await? => break,
+                    Err(e) => return Err(e),
+                }
+                next_request = Instant::now() + SHUTDOWN_REPEAT;
+            }
+            if !self.domain_running(&name).await? {
                 info!("segment stopped gracefully");
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                break;
+                warn!(?timeout, "graceful stop timed out; forcing it");
+                return self.blocking(move |hv| hv.destroy(&name)).await;
             }
             tokio::time::sleep(STOP_POLL).await;
         }
-        warn!(?timeout, "graceful stop timed out; forcing it");
-        self.blocking(move |hv| hv.destroy(&name)).await
+        info!("segment stopped gracefully");
+        Ok(())
+    }
+
+    async fn domain_running(&self, name: &str) -> Result<bool, Error> {
+        let n = name.to_owned();
+        self.blocking(move |hv| hv.is_running(&n)).await
     }
 }
