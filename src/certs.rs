@@ -253,6 +253,25 @@ pub fn issue_client_cert(ca: &ClusterCa, cn: &str) -> Result<(String, String), C
     Ok((cert.cert_pem, cert.key_pem))
 }
 
+/// Issues a client certificate (EKU clientAuth, CN = `cn`) valid for
+/// `validity` from `now`, clamped to the CA's validity: the agent's own
+/// credential for a segment's Docker (readiness and health checks).
+pub fn issue_client_cert_for(
+    ca: &ClusterCa,
+    cn: &str,
+    validity: Duration,
+    now: SystemTime,
+) -> Result<ServerCert, CertError> {
+    sign_leaf(
+        ca,
+        cn,
+        Vec::new(),
+        ExtendedKeyUsagePurpose::ClientAuth,
+        now,
+        validity,
+    )
+}
+
 /// Writes `ca.pem` and `server-cert.pem` (0644) and `server-key.pem` (0600)
 /// into `dir` (the segment's `/etc/docker`, created if missing), each
 /// atomically: a temporary file in `dir`, created 0600, written, fsynced,
@@ -271,7 +290,9 @@ pub fn write_docker_tls(dir: &Path, ca_pem: &str, server: &ServerCert) -> io::Re
     File::open(dir)?.sync_all()
 }
 
-fn write_atomic(dir: &Path, name: &str, data: &[u8], mode: u32) -> io::Result<()> {
+/// Writes `dir/name` atomically with `mode`: a temporary file created 0600,
+/// written, fsynced, given its mode, renamed over the old file.
+pub(crate) fn write_atomic(dir: &Path, name: &str, data: &[u8], mode: u32) -> io::Result<()> {
     // NamedTempFile is created O_EXCL with mode 0600, so the key is never
     // readable by others, not even for an instant.
     let mut tmp = tempfile::Builder::new().prefix(".tls.").tempfile_in(dir)?;

@@ -381,6 +381,14 @@ impl Config {
         if !self.state_dir.is_absolute() {
             return Err(invalid("state_dir", "must be an absolute path"));
         }
+        for (key, dir) in [
+            ("apparmor_profile_dir", &self.apparmor_profile_dir),
+            ("docker.tools_dir", &self.docker.tools_dir),
+        ] {
+            if !dir.is_absolute() {
+                return Err(invalid(key, "must be an absolute path"));
+            }
+        }
         if self.state_dir.to_string_lossy().contains([',', ':']) {
             // The path goes into overlayfs mount options.
             return Err(invalid("state_dir", "must not contain ',' or ':'"));
@@ -530,6 +538,12 @@ mod tests {
                 "memory_overcommit_ratio",
             ),
             ("[capacity]\nmax_segments = 0", "max_segments"),
+            ("[docker]\ntools_dir = \"tools\"", "docker.tools_dir"),
+            (
+                "apparmor_profile_dir = \"apparmor.d\"",
+                "apparmor_profile_dir",
+            ),
+            ("[network]\ngateway = \"203.0.113.0\"", "network.ranges"),
             (
                 "[control_plane]\nendpoint = \"http://cp.example:7444\"",
                 "plaintext",

@@ -11,7 +11,7 @@ use std::{
         Mutex,
         atomic::{AtomicU64, Ordering},
     },
-    time::SystemTime,
+    time::{Duration, Instant, SystemTime},
 };
 use tokio::sync::broadcast;
 
@@ -57,10 +57,29 @@ pub struct Event {
     pub sequence: u64,
 }
 
+/// What the hub last published of a segment.
+struct Known {
+    /// Generation of the observation it came from.
+    generation: u64,
+    /// The segment, or `None` once it is gone (a tombstone).
+    segment: Option<Segment>,
+    /// When it was recorded (tombstones are pruned after a while).
+    at: Instant,
+}
+
+/// How long a tombstone keeps stale observations of a deleted segment out.
+const TOMBSTONE_TTL: Duration = Duration::from_secs(60);
+
 /// Fan-out of state changes to every watcher.
+///
+/// Observations carry a generation taken *before* the state was read:
+/// one older than what the hub already published for a segment is stale
+/// (the periodic observer's list raced an operation) and is dropped, so a
+/// watcher never sees a segment go back in time or reappear after DELETED.
 pub struct EventHub {
     tx: broadcast::Sender<Event>,
-    last: Mutex<HashMap<SegmentId, Segment>>,
+    last: Mutex<HashMap<SegmentId, Known>>,
+    generation: AtomicU64,
     sequence: AtomicU64,
 }
 
@@ -77,6 +96,7 @@ impl EventHub {
         Self {
             tx: broadcast::channel(capacity).0,
             last: Mutex::new(HashMap::new()),
+            generation: AtomicU64::new(0),
             sequence: AtomicU64::new(0),
         }
     }
@@ -86,34 +106,61 @@ impl EventHub {
         self.tx.subscribe()
     }
 
-    /// Publishes the segment's state if it differs from the last published.
-    /// Returns whether it did.
-    pub fn observe(&self, segment: &Segment) -> bool {
+    /// A new generation; take it before reading the state to observe.
+    pub fn generation(&self) -> u64 {
+        self.generation.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Publishes the segment's state if it differs from the last published
+    /// and the observation is not stale. Returns whether it did.
+    pub fn observe(&self, segment: &Segment, generation: u64) -> bool {
         let id = segment.record.request.id.clone();
         let mut last = self.last.lock().expect("event hub lock");
-        if last.get(&id).map(|s| s.state) == Some(segment.state) {
+        let previous = last.get(&id);
+        if previous.is_some_and(|k| generation < k.generation) {
             return false;
         }
-        last.insert(id, segment.clone());
-        self.publish(EventKind::of(segment.state), segment.clone());
-        true
+        let changed = previous
+            .and_then(|k| k.segment.as_ref())
+            .is_none_or(|s| s.state != segment.state);
+        last.insert(
+            id,
+            Known {
+                generation,
+                segment: Some(segment.clone()),
+                at: Instant::now(),
+            },
+        );
+        if changed {
+            self.publish(EventKind::of(segment.state), segment.clone());
+        }
+        changed
     }
 
     /// Publishes that a segment is gone, as it was last seen (if it was
-    /// ever published).
-    pub fn removed(&self, id: &SegmentId) {
-        let last_seen = self.last.lock().expect("event hub lock").remove(id);
-        if let Some(segment) = last_seen {
+    /// published and the observation is not stale).
+    pub fn removed(&self, id: &SegmentId, generation: u64) {
+        let mut last = self.last.lock().expect("event hub lock");
+        last.retain(|_, k| k.segment.is_some() || k.at.elapsed() < TOMBSTONE_TTL);
+        let Some(known) = last.get_mut(id) else {
+            return;
+        };
+        if generation < known.generation {
+            return;
+        }
+        known.generation = generation;
+        known.at = Instant::now();
+        if let Some(segment) = known.segment.take() {
             self.publish(EventKind::Deleted, segment);
         }
     }
 
-    /// Segments the hub has published and that are not in `present`.
+    /// Segments the hub shows as present and that are not in `present`.
     pub fn missing(&self, present: &[SegmentId]) -> Vec<SegmentId> {
         let last = self.last.lock().expect("event hub lock");
-        last.keys()
-            .filter(|id| !present.contains(id))
-            .cloned()
+        last.iter()
+            .filter(|(id, k)| k.segment.is_some() && !present.contains(id))
+            .map(|(id, _)| id.clone())
             .collect()
     }
 
@@ -146,15 +193,16 @@ mod tests {
     fn publishes_changes_only_in_order() {
         let hub = EventHub::new(16);
         let mut rx = hub.subscribe();
-        assert!(hub.observe(&seg(SegmentState::Provisioning)));
-        assert!(hub.observe(&seg(SegmentState::Running)));
+        let g = |hub: &EventHub| hub.generation();
+        assert!(hub.observe(&seg(SegmentState::Provisioning), g(&hub)));
+        assert!(hub.observe(&seg(SegmentState::Running), g(&hub)));
         assert!(
-            !hub.observe(&seg(SegmentState::Running)),
+            !hub.observe(&seg(SegmentState::Running), g(&hub)),
             "no change, no event"
         );
         let id = sample_record().request.id;
-        hub.removed(&id);
-        hub.removed(&id);
+        hub.removed(&id, g(&hub));
+        hub.removed(&id, g(&hub));
         let kinds: Vec<_> = std::iter::from_fn(|| rx.try_recv().ok())
             .map(|e| (e.kind, e.sequence))
             .collect();
@@ -165,6 +213,34 @@ mod tests {
                 (EventKind::Running, 2),
                 (EventKind::Deleted, 3)
             ]
+        );
+    }
+
+    #[test]
+    fn stale_observations_are_dropped() {
+        let hub = EventHub::new(16);
+        let mut rx = hub.subscribe();
+        // The observer reads the state (generation 1), an operation then
+        // reads and publishes a newer one (2), the observer publishes late.
+        let (observer, op) = (hub.generation(), hub.generation());
+        assert!(hub.observe(&seg(SegmentState::Stopped), op));
+        assert!(
+            !hub.observe(&seg(SegmentState::Running), observer),
+            "stale: dropped"
+        );
+        // Deleted, then a stale observation of the live segment: no ghost.
+        let stale = hub.generation();
+        hub.removed(&sample_record().request.id, hub.generation());
+        assert!(!hub.observe(&seg(SegmentState::Running), stale));
+        assert!(hub.missing(&[]).is_empty());
+        // A later create of the same id is news again.
+        assert!(hub.observe(&seg(SegmentState::Provisioning), hub.generation()));
+        let kinds: Vec<_> = std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|e| e.kind)
+            .collect();
+        assert_eq!(
+            kinds,
+            [EventKind::Stopped, EventKind::Deleted, EventKind::Created]
         );
     }
 }

@@ -44,6 +44,12 @@ impl AddressPool {
             .unwrap_or(0);
         let gateway = u32::from(net.gateway);
         let (network, broadcast) = (gateway & mask, gateway | !mask);
+        if gateway == network || gateway == broadcast {
+            return Err(bad(format!(
+                "gateway {} is the network or broadcast address of /{}",
+                net.gateway, net.prefix
+            )));
+        }
         let mut ranges: Vec<(u32, u32)> = Vec::new();
         for text in &net.ranges {
             let (first, last) =

@@ -613,3 +613,54 @@ async fn tcp_listener_requires_a_client_certificate() {
         "another CA: refused"
     );
 }
+
+#[tokio::test]
+async fn a_domain_the_agent_does_not_manage_is_never_touched() {
+    let mut a = FakeAgent::start("").await;
+    a.client
+        .create_segment(small_req("mine", "c1"))
+        .await
+        .unwrap();
+    a.hv.define_foreign("seg-theirs");
+    // Creating the same id refuses, and leaves the foreign domain running.
+    let e = a
+        .client
+        .create_segment(small_req("theirs", "c1"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("does not manage"), "{}", e.message());
+    assert!(a.hv.domain_xml("seg-theirs").is_some());
+    assert!(
+        !a.hv
+            .calls()
+            .iter()
+            .any(|c| c.ends_with("seg-theirs") && !c.starts_with("is_running")),
+        "{:?}",
+        a.hv.calls()
+    );
+    // Restart with a pool that no longer holds "mine"'s address: it is left
+    // alone, and so is its directory (its data), not swept as an orphan.
+    let (hv, dir) = a.shut_down().await;
+    let data = dir.path().join("segments/mine/upper");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("customer-file"), "keep me").unwrap();
+    let mut b = FakeAgent::start_with(
+        hv,
+        dir,
+        "[network]\nranges = [\"203.0.113.100-203.0.113.110\"]\n",
+    )
+    .await;
+    let list = b
+        .client
+        .list_segments(ListSegmentsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(list.segments.is_empty(), "neither domain adopted: {list:?}");
+    assert_eq!(
+        std::fs::read_to_string(b.dir.path().join("segments/mine/upper/customer-file")).unwrap(),
+        "keep me"
+    );
+    assert!(b.hv.domain_xml("seg-mine").is_some() && b.hv.domain_xml("seg-theirs").is_some());
+}

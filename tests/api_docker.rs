@@ -11,6 +11,7 @@ use common::{
 };
 use segment_agent::proto::agent::{
     ClusterTls, GetSegmentRequest, ListSegmentsRequest, RebuildSegmentRequest, SegmentState,
+    StartSegmentRequest, StopSegmentRequest,
 };
 use std::{
     path::Path,
@@ -299,6 +300,29 @@ async fn a_docker_that_never_answers_leaves_the_segment_failed_with_the_reason()
     assert_eq!(got.state(), SegmentState::Failed);
     assert!(got.state_reason.contains("/_ping"), "{}", got.state_reason);
     assert_eq!(got.public_ipv4, s.public_ipv4);
+    // FAILED but running: StopSegment really stops it, StartSegment starts
+    // it (decided on libvirt's view, not the derived state).
+    let stop = StopSegmentRequest {
+        segment_id: "d-1".into(),
+        timeout_seconds: 1,
+    };
+    let stopped = agent.client.stop_segment(stop).await.unwrap().into_inner();
+    assert_eq!(stopped.state(), SegmentState::Stopped);
+    assert!(
+        agent.hv.calls().iter().any(|c| c == "shutdown seg-d-1"),
+        "{:?}",
+        agent.hv.calls()
+    );
+    let start = StartSegmentRequest {
+        segment_id: "d-1".into(),
+    };
+    let started = agent
+        .client
+        .start_segment(start)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(started.state(), SegmentState::Running);
 }
 
 #[tokio::test]

@@ -65,6 +65,22 @@ pub fn rebuild_request(
     Ok((id, ca))
 }
 
+/// Longest graceful stop a request may ask for (the segment's operations
+/// wait behind it).
+pub const MAX_STOP_TIMEOUT_SECONDS: u32 = 3600;
+
+/// The `timeout_seconds` of StopSegment: 0 is the host default.
+pub fn stop_timeout(seconds: u32) -> Result<Option<std::time::Duration>, InvalidArgument> {
+    match seconds {
+        0 => Ok(None),
+        s if s > MAX_STOP_TIMEOUT_SECONDS => Err(InvalidArgument::new(
+            "timeout_seconds",
+            format!("{s} exceeds the maximum of {MAX_STOP_TIMEOUT_SECONDS}"),
+        )),
+        s => Ok(Some(std::time::Duration::from_secs(s.into()))),
+    }
+}
+
 /// Parses a `segment_id` field.
 pub fn segment_id(value: &str) -> Result<SegmentId, InvalidArgument> {
     SegmentId::parse(value)

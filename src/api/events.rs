@@ -55,7 +55,8 @@ pub fn watch(manager: Arc<SegmentManager>, cluster: Option<ClusterId>) -> EventS
                 return;
             }
             match forward(&mut live, cluster.as_ref(), &tx).await {
-                Forward::Resync => continue,
+                // Skip what it missed: the new snapshot covers it.
+                Forward::Resync => live = live.resubscribe(),
                 Forward::Done => return,
             }
         }

@@ -7,7 +7,7 @@ use crate::{
     proto::agent::{self as pb, segment_agent_server::SegmentAgent},
     segment::SegmentManager,
 };
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 /// The agent's gRPC service.
@@ -25,6 +25,23 @@ impl SegmentAgentService {
 
 type Reply<T> = Result<Response<T>, Status>;
 
+/// Runs a mutating operation to completion even if the caller hangs up:
+/// tonic drops a handler whose client went away, and an operation dropped
+/// half-way would leave its segment in between.
+async fn detached<T, F>(
+    manager: &Arc<SegmentManager>,
+    op: impl FnOnce(Arc<SegmentManager>) -> F,
+) -> Result<T, Status>
+where
+    F: Future<Output = Result<T, crate::segment::Error>> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::spawn(op(manager.clone()))
+        .await
+        .map_err(|e| Status::internal(format!("operation task failed: {e}")))?
+        .map_err(Status::from)
+}
+
 #[tonic::async_trait]
 impl SegmentAgent for SegmentAgentService {
     async fn create_segment(
@@ -32,7 +49,11 @@ impl SegmentAgent for SegmentAgentService {
         request: Request<pb::CreateSegmentRequest>,
     ) -> Reply<pb::Segment> {
         let (req, ca) = convert::create_request(request.into_inner(), self.manager.settings())?;
-        let segment = self.manager.create(req, ca).await?;
+        let segment = detached(
+            &self.manager,
+            move |m| async move { m.create(req, ca).await },
+        )
+        .await?;
         Ok(Response::new(segment.into()))
     }
 
@@ -57,21 +78,26 @@ impl SegmentAgent for SegmentAgentService {
         request: Request<pb::DeleteSegmentRequest>,
     ) -> Reply<pb::DeleteSegmentResponse> {
         let id = convert::segment_id(&request.into_inner().segment_id)?;
-        self.manager.delete(&id).await?;
+        detached(&self.manager, move |m| async move { m.delete(&id).await }).await?;
         Ok(Response::new(pb::DeleteSegmentResponse {}))
     }
 
     async fn start_segment(&self, request: Request<pb::StartSegmentRequest>) -> Reply<pb::Segment> {
         let id = convert::segment_id(&request.into_inner().segment_id)?;
-        Ok(Response::new(self.manager.start(&id).await?.into()))
+        let segment = detached(&self.manager, move |m| async move { m.start(&id).await }).await?;
+        Ok(Response::new(segment.into()))
     }
 
     async fn stop_segment(&self, request: Request<pb::StopSegmentRequest>) -> Reply<pb::Segment> {
         let req = request.into_inner();
         let id = convert::segment_id(&req.segment_id)?;
-        let timeout =
-            (req.timeout_seconds > 0).then(|| Duration::from_secs(req.timeout_seconds.into()));
-        Ok(Response::new(self.manager.stop(&id, timeout).await?.into()))
+        let timeout = convert::stop_timeout(req.timeout_seconds)?;
+        let segment = detached(
+            &self.manager,
+            move |m| async move { m.stop(&id, timeout).await },
+        )
+        .await?;
+        Ok(Response::new(segment.into()))
     }
 
     async fn rebuild_segment(
@@ -79,7 +105,12 @@ impl SegmentAgent for SegmentAgentService {
         request: Request<pb::RebuildSegmentRequest>,
     ) -> Reply<pb::Segment> {
         let (id, ca) = convert::rebuild_request(request.into_inner())?;
-        Ok(Response::new(self.manager.rebuild(&id, ca).await?.into()))
+        let segment = detached(
+            &self.manager,
+            move |m| async move { m.rebuild(&id, ca).await },
+        )
+        .await?;
+        Ok(Response::new(segment.into()))
     }
 
     type WatchEventsStream = super::events::EventStream;

@@ -18,12 +18,12 @@ pub mod policy;
 pub mod probe;
 pub mod resolver;
 
-use crate::{certs::ServerCert, storage::SegmentDirs, xml::FilesystemMount};
-use std::{
-    io::{self, Write},
-    os::unix::fs::PermissionsExt,
-    path::Path,
+use crate::{
+    certs::{ServerCert, write_atomic},
+    storage::SegmentDirs,
+    xml::FilesystemMount,
 };
+use std::{io, path::Path};
 
 /// The port dockerd listens on with mutual TLS.
 pub const DOCKER_TLS_PORT: u16 = 2376;
@@ -82,14 +82,7 @@ pub fn daemon_json() -> String {
 /// Blocks (fsyncs).
 pub fn write_config(dir: &Path, ca_pem: &str, server: &ServerCert) -> io::Result<()> {
     crate::certs::write_docker_tls(dir, ca_pem, server)?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".daemon.")
-        .tempfile_in(dir)?;
-    tmp.write_all(daemon_json().as_bytes())?;
-    tmp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(0o644))?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(dir.join("daemon.json")).map_err(|e| e.error)?;
+    write_atomic(dir, "daemon.json", daemon_json().as_bytes(), 0o644)?;
     std::fs::File::open(dir)?.sync_all()
 }
 
@@ -102,14 +95,7 @@ pub fn write_agent_tls(dir: &Path, ca_pem: &str, cert_pem: &str, key_pem: &str) 
         ("cert.pem", cert_pem, 0o644),
         ("key.pem", key_pem, 0o600),
     ] {
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".agent.")
-            .tempfile_in(dir)?;
-        tmp.write_all(text.as_bytes())?;
-        tmp.as_file()
-            .set_permissions(std::fs::Permissions::from_mode(mode))?;
-        tmp.as_file().sync_all()?;
-        tmp.persist(dir.join(name)).map_err(|e| e.error)?;
+        write_atomic(dir, name, text.as_bytes(), mode)?;
     }
     std::fs::File::open(dir)?.sync_all()
 }
@@ -143,6 +129,7 @@ pub fn canonical_pem(der: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn daemon_json_is_what_the_supervisor_expects() {

@@ -83,6 +83,21 @@ impl FakeHypervisor {
             .insert(name.to_owned(), bytes);
     }
 
+    /// Defines a running domain the agent did not make (no record).
+    pub fn define_foreign(&self, name: &str) {
+        let xml = format!("<domain type='lxc'><name>{name}</name><uuid>foreign</uuid></domain>");
+        let d = FakeDomain {
+            xml,
+            record_xml: None,
+            running: true,
+        };
+        self.state
+            .lock()
+            .unwrap()
+            .domains
+            .insert(name.to_owned(), d);
+    }
+
     /// Stops a domain behind the agent's back (as a crash would).
     pub fn crash(&self, name: &str) {
         if let Some(d) = self.state.lock().unwrap().domains.get_mut(name) {
@@ -153,6 +168,21 @@ impl Hypervisor for FakeHypervisor {
     fn define(&self, xml: &str) -> Result<(), HvError> {
         let name = domain_name(xml).unwrap_or_default();
         self.with("define", &name.clone(), |s| {
+            let uuid = |x: &str| {
+                x.split("<uuid>")
+                    .nth(1)
+                    .and_then(|u| u.split("</uuid>").next())
+                    .map(str::to_owned)
+            };
+            if let Some(old) = s.domains.get(&name)
+                && uuid(&old.xml) != uuid(xml)
+            {
+                return Err(HvError::Failed {
+                    op: "define",
+                    name: name.clone(),
+                    message: format!("domain '{name}' already exists with another uuid"),
+                });
+            }
             let running = s.domains.get(&name).is_some_and(|d| d.running);
             let d = FakeDomain {
                 xml: xml.to_owned(),

@@ -47,9 +47,18 @@ impl Libvirt {
         if code.is_known_and(|c| c == ErrorNumber::NoDomain) {
             return HvError::NoDomain(name.to_owned());
         }
-        let lost = code
-            .is_known_and(|c| matches!(c, ErrorNumber::SystemError | ErrorNumber::NoConnect))
-            || e.domain().is_known_and(|d| d == ErrorDomain::Rpc);
+        // VIR_ERR_SYSTEM_ERROR is also any failed system call inside
+        // libvirtd (a cgroup it could not create): only a dead connection
+        // makes it "unavailable".
+        let conn_dead = || {
+            let cached = self.conn.lock().expect("libvirt connection lock");
+            !cached
+                .as_ref()
+                .is_some_and(|c| c.is_alive().unwrap_or(false))
+        };
+        let lost = code.is_known_and(|c| c == ErrorNumber::NoConnect)
+            || e.domain().is_known_and(|d| d == ErrorDomain::Rpc)
+            || (code.is_known_and(|c| c == ErrorNumber::SystemError) && conn_dead());
         if lost {
             self.conn.lock().expect("libvirt connection lock").take();
             return HvError::Unavailable(e.message().to_owned());

@@ -59,21 +59,31 @@ impl Collector {
         }
     }
 
-    /// One complete report, as of now.
-    pub async fn collect(&self) -> pb::HealthReport {
+    /// One complete report, as of now. Fails rather than send a report that
+    /// looks complete but is not (a control plane would take missing
+    /// segments for gone).
+    pub async fn collect(&self) -> Result<pb::HealthReport, String> {
         let libvirt = self.manager.hypervisor_version().await;
-        let segments = self.manager.list(None).await.unwrap_or_default();
+        let segments = self
+            .manager
+            .list(None)
+            .await
+            .map_err(|e| format!("listing segments: {e}"))?;
         let mut health = Vec::with_capacity(segments.len());
         let mut tasks = tokio::task::JoinSet::new();
         for (i, s) in segments.into_iter().enumerate() {
             let m = self.manager.clone();
             tasks.spawn(async move { (i, segment_health(&m, s).await) });
         }
-        while let Some(Ok(item)) = tasks.join_next().await {
-            health.push(item);
+        while let Some(done) = tasks.join_next().await {
+            health.push(done.map_err(|e| format!("segment health task: {e}"))?);
         }
         health.sort_by_key(|(i, _)| *i);
-        let (host, disk) = self.host_figures();
+        let (proc, dir, cpus) = (self.proc.clone(), self.state_dir.clone(), self.host.cpus);
+        // procfs and statvfs block (a hung state-dir filesystem would hang).
+        let (host, disk) = tokio::task::spawn_blocking(move || host_figures(&proc, &dir, cpus))
+            .await
+            .map_err(|e| format!("host figures task: {e}"))?;
         let mut conditions = vec![pb::Condition {
             r#type: "LibvirtReachable".into(),
             status: libvirt.is_ok(),
@@ -81,7 +91,7 @@ impl Collector {
         }];
         conditions.push(apparmor_condition(&self.manager.settings().confinement));
         conditions.push(disk);
-        pb::HealthReport {
+        Ok(pb::HealthReport {
             host_id: self.host.host_id.clone(),
             boot_id: self.boot_id.clone(),
             agent_version: env!("CARGO_PKG_VERSION").into(),
@@ -92,7 +102,7 @@ impl Collector {
             capacity: Some(self.capacity()),
             conditions,
             segments: health.into_iter().map(|(_, h)| h).collect(),
-        }
+        })
     }
 
     fn capacity(&self) -> pb::Capacity {
@@ -106,30 +116,34 @@ impl Collector {
             address_pool_free: usage.pool_free,
         }
     }
+}
 
-    /// Figures from procfs and statvfs, and the disk pressure condition.
-    fn host_figures(&self) -> (pb::HostFigures, pb::Condition) {
-        let load = procfs::LoadAverage::from_file(self.proc.join("loadavg")).ok();
-        let mem = procfs::Meminfo::from_file(self.proc.join("meminfo")).ok();
-        let fs = nix::sys::statvfs::statvfs(&self.state_dir).ok();
-        let (free, total) = fs
-            .map(|s| {
-                let frag = s.fragment_size();
-                (s.blocks_available() * frag, s.blocks() * frag)
-            })
-            .unwrap_or((0, 0));
-        let figures = pb::HostFigures {
-            cpus: self.host.cpus,
-            load1: load.as_ref().map_or(0.0, |l| f64::from(l.one)),
-            load5: load.as_ref().map_or(0.0, |l| f64::from(l.five)),
-            load15: load.as_ref().map_or(0.0, |l| f64::from(l.fifteen)),
-            memory_total_bytes: mem.as_ref().map_or(0, |m| m.mem_total),
-            memory_available_bytes: mem.as_ref().and_then(|m| m.mem_available).unwrap_or(0),
-            state_dir_free_bytes: free,
-            state_dir_total_bytes: total,
-        };
-        (figures, disk_condition(free, total, &self.state_dir))
-    }
+/// Figures from procfs and statvfs, and the disk pressure condition.
+fn host_figures(
+    proc: &std::path::Path,
+    state_dir: &std::path::Path,
+    cpus: u32,
+) -> (pb::HostFigures, pb::Condition) {
+    let load = procfs::LoadAverage::from_file(proc.join("loadavg")).ok();
+    let mem = procfs::Meminfo::from_file(proc.join("meminfo")).ok();
+    let fs = nix::sys::statvfs::statvfs(state_dir).ok();
+    let (free, total) = fs
+        .map(|s| {
+            let frag = s.fragment_size();
+            (s.blocks_available() * frag, s.blocks() * frag)
+        })
+        .unwrap_or((0, 0));
+    let figures = pb::HostFigures {
+        cpus,
+        load1: load.as_ref().map_or(0.0, |l| f64::from(l.one)),
+        load5: load.as_ref().map_or(0.0, |l| f64::from(l.five)),
+        load15: load.as_ref().map_or(0.0, |l| f64::from(l.fifteen)),
+        memory_total_bytes: mem.as_ref().map_or(0, |m| m.mem_total),
+        memory_available_bytes: mem.as_ref().and_then(|m| m.mem_available).unwrap_or(0),
+        state_dir_free_bytes: free,
+        state_dir_total_bytes: total,
+    };
+    (figures, disk_condition(free, total, state_dir))
 }
 
 fn disk_condition(free: u64, total: u64, dir: &std::path::Path) -> pb::Condition {

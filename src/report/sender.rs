@@ -106,7 +106,14 @@ pub async fn run(
     let mut interval = interval;
     let mut failures: u32 = 0;
     loop {
-        let report = collector.collect().await;
+        let report = match collector.collect().await {
+            Ok(report) => report,
+            Err(e) => {
+                warn!(error = %e, "cannot build a complete health report; skipping this one");
+                wait_for_next(&mut changes, interval, false).await;
+                continue;
+            }
+        };
         let (sequence, segments) = (report.sequence, report.segments.len());
         let wait = match sink.send(report).await {
             Ok(ack) => {

@@ -34,8 +34,9 @@ impl SegmentManager {
             return self.existing(existing.record, &request).await;
         }
         self.settings.confinement.require()?;
-        let image = self.images.resolve(&request.image)?;
-        let ca = self.docker_precondition(&image, ca)?;
+        self.refuse_foreign_domain(&request.id).await?;
+        let image = self.resolve_image(&request.image).await?;
+        let ca = self.docker_precondition(&image, ca).await?;
         if !image.docker {
             request.ca_cert_pem = None;
         }
@@ -59,8 +60,23 @@ impl SegmentManager {
         self.get(&record.request.id).await
     }
 
+    /// A `seg-<id>` domain that the registry does not know (one the agent
+    /// left alone) must never be redefined, nor undone by a failed create.
+    async fn refuse_foreign_domain(&self, id: &SegmentId) -> Result<(), Error> {
+        let name = id.domain_name();
+        match self.blocking(move |hv| hv.is_running(&name)).await {
+            Err(Error::Hypervisor(crate::hypervisor::HvError::NoDomain(_))) => Ok(()),
+            Ok(_) => Err(Error::FailedPrecondition(format!(
+                "libvirt already has a domain {} that this agent does not manage (see the agent's \
+                 log at start); it is left alone: remove it by hand or use another segment_id",
+                id.domain_name()
+            ))),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Docker images need the cluster CA and the policy plugin on the host.
-    fn docker_precondition(
+    async fn docker_precondition(
         &self,
         image: &Image,
         ca: Option<ClusterCa>,
@@ -69,7 +85,11 @@ impl SegmentManager {
             return Ok(None);
         }
         let plugin = self.settings.docker.tools_dir.join(docker::AUTHZ_BINARY);
-        if !plugin.is_file() {
+        let p = plugin.clone();
+        let installed = tokio::task::spawn_blocking(move || p.is_file())
+            .await
+            .unwrap_or(false);
+        if !installed {
             return Err(Error::FailedPrecondition(format!(
                 "the Docker policy plugin {} is not installed on this host; Docker segments are not \
                  created without it",
@@ -150,16 +170,15 @@ impl SegmentManager {
         ca: &ClusterCa,
         dirs: &SegmentDirs,
     ) -> Result<SystemTime, Error> {
-        let server = certs::issue_server_cert(
-            ca,
-            record.address,
-            &record.request.id.domain_name(),
-            self.settings.docker.cert_validity,
-            SystemTime::now(),
-        )
-        .map_err(|e| Error::Internal(format!("issuing the Docker server certificate: {e}")))?;
-        let (client_cert, client_key) = certs::issue_client_cert(ca, "segment-agent")
+        let (validity, now) = (self.settings.docker.cert_validity, SystemTime::now());
+        let hostname = dns_name(&record.request.id);
+        let server = certs::issue_server_cert(ca, record.address, &hostname, validity, now)
+            .map_err(|e| Error::Internal(format!("issuing the Docker server certificate: {e}")))?;
+        // As long-lived as the server certificate: both are renewed together
+        // by RebuildSegment, the only time the agent holds the CA key.
+        let client = certs::issue_client_cert_for(ca, "segment-agent", validity, now)
             .map_err(|e| Error::Internal(format!("issuing the agent's client certificate: {e}")))?;
+        let (client_cert, client_key) = (client.cert_pem, client.key_pem);
         let not_after = server.not_after;
         let (dirs, ca_pem) = (dirs.clone(), ca.canonical_cert_pem());
         tokio::task::spawn_blocking(move || {
@@ -287,6 +306,14 @@ impl SegmentManager {
     }
 }
 
+/// The segment's DNS name in its certificate: `seg-<id>`, cut to a valid
+/// DNS label (63 characters, no trailing '-') for the longest ids.
+pub(crate) fn dns_name(id: &SegmentId) -> String {
+    let mut name = id.domain_name();
+    name.truncate(63);
+    name.trim_end_matches('-').to_owned()
+}
+
 /// Treats "no such domain" as done.
 pub(crate) fn ignore_missing(
     e: crate::hypervisor::HvError,
@@ -294,5 +321,25 @@ pub(crate) fn ignore_missing(
     match e {
         crate::hypervisor::HvError::NoDomain(_) => Ok(()),
         other => Err(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dns_names_are_valid_labels_for_every_valid_id() {
+        let long = "a".repeat(63);
+        let cases = [
+            ("web-1", "seg-web-1".to_owned()),
+            ("web-", "seg-web".to_owned()),
+            (long.as_str(), format!("seg-{}", "a".repeat(59))),
+        ];
+        for (id, want) in cases {
+            let name = dns_name(&SegmentId::parse(id).unwrap());
+            assert_eq!(name, want);
+            assert!(name.len() <= 63 && !name.ends_with('-'));
+        }
     }
 }

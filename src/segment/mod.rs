@@ -158,11 +158,12 @@ impl SegmentManager {
 
     /// Publishes the segment's current state if it changed.
     pub(crate) async fn announce(&self, id: &SegmentId) {
+        let generation = self.events.generation();
         match self.get(id).await {
             Ok(segment) => {
-                self.events.observe(&segment);
+                self.events.observe(&segment, generation);
             }
-            Err(Error::NotFound(_)) => self.events.removed(id),
+            Err(Error::NotFound(_)) => self.events.removed(id, generation),
             Err(_) => {}
         }
     }
@@ -170,16 +171,17 @@ impl SegmentManager {
     /// Observes every segment and publishes what changed, including
     /// segments that went away; catches changes the agent did not make.
     pub async fn observe_all(&self) -> Result<(), Error> {
+        let generation = self.events.generation();
         let segments = self.list(None).await?;
         let present: Vec<SegmentId> = segments
             .iter()
             .map(|s| s.record.request.id.clone())
             .collect();
         for segment in &segments {
-            self.events.observe(segment);
+            self.events.observe(segment, generation);
         }
         for gone in self.events.missing(&present) {
-            self.events.removed(&gone);
+            self.events.removed(&gone, generation);
         }
         Ok(())
     }
@@ -244,6 +246,18 @@ impl SegmentManager {
         tokio::task::spawn_blocking(move || f(hv.as_ref()))
             .await
             .map_err(|e| Error::Internal(format!("hypervisor task: {e}")))?
+            .map_err(Error::from)
+    }
+
+    /// Looks an image up (file system reads) off the async runtime.
+    pub(crate) async fn resolve_image(
+        &self,
+        name: &ImageName,
+    ) -> Result<crate::images::Image, Error> {
+        let (images, name) = (self.images.clone(), name.clone());
+        tokio::task::spawn_blocking(move || images.resolve(&name))
+            .await
+            .map_err(|e| Error::Internal(format!("image task: {e}")))?
             .map_err(Error::from)
     }
 

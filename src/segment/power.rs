@@ -2,7 +2,7 @@
 //! domain's metadata first, so an agent restart honours it.
 
 use super::{
-    Error, Segment, SegmentManager, SegmentState,
+    Error, Segment, SegmentManager,
     spec::{Desired, SegmentId},
 };
 use std::time::{Duration, Instant};
@@ -26,7 +26,7 @@ impl SegmentManager {
             )));
         }
         self.settings.confinement.require()?;
-        let image = self.images.resolve(&current.record.request.image)?;
+        let image = self.resolve_image(&current.record.request.image).await?;
         let sid = id.clone();
         self.storage_blocking(move |s| s.prepare(&sid, &image))
             .await?;
@@ -36,8 +36,10 @@ impl SegmentManager {
             self.persist(record).await?;
         }
         self.registry.update(id, |e| e.failure = None);
-        if current.state != SegmentState::Running {
-            let name = id.domain_name();
+        // Decided on libvirt's view, not the derived state: a FAILED
+        // segment may well be running (its Docker never answered).
+        let name = id.domain_name();
+        if !self.domain_running(&name).await? {
             self.blocking(move |hv| hv.start(&name)).await?;
             info!("segment started");
         }
@@ -63,7 +65,7 @@ impl SegmentManager {
             self.persist(record).await?;
         }
         self.registry.update(id, |e| e.failure = None);
-        if current.state == SegmentState::Running {
+        if self.domain_running(&id.domain_name()).await? {
             let timeout = timeout.unwrap_or(self.settings.stop_timeout);
             self.stop_domain(id, timeout).await?;
         }

@@ -15,16 +15,18 @@ impl SegmentManager {
     pub async fn rebuild(&self, id: &SegmentId, ca: ClusterCa) -> Result<Segment, Error> {
         let _guard = self.locks.lock(id).await;
         let current = self.get(id).await?;
-        let image = self.images.resolve(&current.record.request.image)?;
+        let image = self.resolve_image(&current.record.request.image).await?;
         if !image.docker {
             return Err(Error::FailedPrecondition(format!(
                 "segment {id} runs image {}, which has no Docker to rebuild",
                 image.name
             )));
         }
-        if current.state != SegmentState::Running && current.state != SegmentState::Failed {
+        let name = id.domain_name();
+        let running = self.blocking(move |hv| hv.is_running(&name)).await?;
+        if current.state == SegmentState::Deleting || !running {
             return Err(Error::FailedPrecondition(format!(
-                "segment {id} is {:?}; start it before rebuilding",
+                "segment {id} is {:?} and not running; start it before rebuilding",
                 current.state
             )));
         }

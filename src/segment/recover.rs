@@ -8,7 +8,10 @@
 //! - a segment directory without a domain (create cut off before define,
 //!   delete cut off after undefine): removed.
 
-use super::{Error, SegmentManager, spec::Desired};
+use super::{
+    Error, SegmentManager,
+    spec::{Desired, SegmentId},
+};
 use crate::hypervisor::DomainEntry;
 use std::collections::HashSet;
 use tracing::{error, info, instrument, warn};
@@ -34,11 +37,16 @@ impl SegmentManager {
     pub async fn recover(&self) -> Result<RecoveryReport, Error> {
         let mut report = RecoveryReport::default();
         let domains = self.blocking(|hv| hv.list_segments()).await?;
-        let mut known = HashSet::new();
+        // Every seg- domain keeps its directory, adopted or not: a domain
+        // the agent leaves alone (address outside the pool, unreadable
+        // record) may still be running on it.
+        let known: HashSet<_> = domains
+            .iter()
+            .filter_map(|d| SegmentId::from_domain_name(&d.name))
+            .collect();
         let mut pending = Vec::new();
         for entry in domains {
             if let Some((id, running)) = self.adopt(entry, &mut report) {
-                known.insert(id.clone());
                 pending.push((id, running));
             }
         }
@@ -104,7 +112,7 @@ impl SegmentManager {
             }
             return;
         }
-        let image = match self.images.resolve(&entry.record.request.image) {
+        let image = match self.resolve_image(&entry.record.request.image).await {
             Ok(i) => i,
             Err(e) => return self.fail(id, e.to_string()),
         };
