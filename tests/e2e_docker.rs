@@ -7,8 +7,8 @@
 mod common;
 
 use common::{
-    docker::{DockerCli, TestCa, assert_refused, docker_req, files_under},
-    real::{RealAgent, cgroup_dir, init_pid},
+    docker::{DockerCli, TestCa, assert_refused, docker_req, docker_segment, files_under},
+    real::{cgroup_dir, init_pid},
 };
 use segment_agent::proto::agent::{
     GetSegmentRequest, RebuildSegmentRequest, SegmentState, StartSegmentRequest, StopSegmentRequest,
@@ -26,15 +26,9 @@ const CLIENT_REJECTED: &str = "remote error: tls: bad certificate";
 
 #[tokio::test]
 async fn docker_answers_only_to_client_certs_of_the_cluster_ca() {
-    let agent = RealAgent::start("dtls", "203.0.113.232-203.0.113.233", "").await;
-    let mut c = agent.client().await;
     let ca = TestCa::new("cluster-dtls");
-    let s = c
-        .create_segment(docker_req("dtls-a", &ca, 1024))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(s.state(), SegmentState::Running, "{s:?}\n{}", agent.log());
+    let (agent, s) = docker_segment("dtls", "203.0.113.232-203.0.113.233", &ca, 1024).await;
+    let mut c = agent.client().await;
     let ip = s.public_ipv4.clone();
     assert_eq!(ip, "203.0.113.232");
     assert_eq!(s.image, "docker");
@@ -178,15 +172,8 @@ async fn docker_answers_only_to_client_certs_of_the_cluster_ca() {
 
 #[tokio::test]
 async fn policy_refuses_every_rule_with_its_code_and_allows_the_rest() {
-    let agent = RealAgent::start("dpol", "203.0.113.234-203.0.113.235", "").await;
-    let mut c = agent.client().await;
     let ca = TestCa::new("cluster-dpol");
-    let s = c
-        .create_segment(docker_req("dpol-a", &ca, 1024))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(s.state(), SegmentState::Running, "{s:?}\n{}", agent.log());
+    let (agent, s) = docker_segment("dpol", "203.0.113.234-203.0.113.235", &ca, 1024).await;
     let ip = s.public_ipv4.clone();
     let cli = DockerCli::of(&ip, &ca);
     cli.import_busybox();
@@ -327,15 +314,9 @@ async fn policy_refuses_every_rule_with_its_code_and_allows_the_rest() {
 
 #[tokio::test]
 async fn rebuild_with_a_new_ca_keeps_containers_address_and_volumes() {
-    let agent = RealAgent::start("dreb", "203.0.113.236-203.0.113.237", "").await;
-    let mut c = agent.client().await;
     let old_ca = TestCa::new("cluster-dreb-old");
-    let s = c
-        .create_segment(docker_req("dreb-a", &old_ca, 1024))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(s.state(), SegmentState::Running, "{s:?}\n{}", agent.log());
+    let (agent, s) = docker_segment("dreb", "203.0.113.236-203.0.113.237", &old_ca, 1024).await;
+    let mut c = agent.client().await;
     let ip = s.public_ipv4.clone();
     let old = DockerCli::of(&ip, &old_ca);
     old.import_busybox();
@@ -426,15 +407,9 @@ async fn rebuild_with_a_new_ca_keeps_containers_address_and_volumes() {
 
 #[tokio::test]
 async fn stop_and_start_bring_back_restart_always_containers_only() {
-    let agent = RealAgent::start("dpow", "203.0.113.238-203.0.113.239", "").await;
-    let mut c = agent.client().await;
     let ca = TestCa::new("cluster-dpow");
-    let s = c
-        .create_segment(docker_req("dpow-a", &ca, 1024))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(s.state(), SegmentState::Running, "{s:?}\n{}", agent.log());
+    let (agent, s) = docker_segment("dpow", "203.0.113.238-203.0.113.239", &ca, 1024).await;
+    let mut c = agent.client().await;
     let ip = s.public_ipv4.clone();
     let cli = DockerCli::of(&ip, &ca);
     cli.import_busybox();
@@ -505,15 +480,9 @@ async fn stop_and_start_bring_back_restart_always_containers_only() {
 
 #[tokio::test]
 async fn memory_flavor_caps_containers_and_docker_reports_oom_kills() {
-    let agent = RealAgent::start("doom", "203.0.113.240-203.0.113.241", "").await;
-    let mut c = agent.client().await;
     let ca = TestCa::new("cluster-doom");
-    let s = c
-        .create_segment(docker_req("doom-a", &ca, 256))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(s.state(), SegmentState::Running, "{s:?}\n{}", agent.log());
+    let (agent, s) = docker_segment("doom", "203.0.113.240-203.0.113.241", &ca, 256).await;
+    let mut c = agent.client().await;
     let mem = cgroup_dir("memory", "seg-doom-a").expect("memory cgroup of the segment");
     let limit = std::fs::read_to_string(mem.join("memory.limit_in_bytes")).unwrap();
     assert_eq!(limit.trim(), (256u64 << 20).to_string());

@@ -331,3 +331,23 @@ pub fn docker_req(
         ..Default::default()
     }
 }
+
+/// A real agent (test `prefix`, addresses `range`) with one running Docker
+/// segment `<prefix>-a` of `ca`.
+pub async fn docker_segment(
+    prefix: &str,
+    range: &str,
+    ca: &TestCa,
+    memory_mib: u32,
+) -> (super::real::RealAgent, segment_agent::proto::agent::Segment) {
+    let agent = super::real::RealAgent::start(prefix, range, "").await;
+    let mut c = agent.client().await;
+    let s = c
+        .create_segment(docker_req(&format!("{prefix}-a"), ca, memory_mib))
+        .await
+        .unwrap()
+        .into_inner();
+    let running = segment_agent::proto::agent::SegmentState::Running;
+    assert_eq!(s.state(), running, "{s:?}\n{}", agent.log());
+    (agent, s)
+}
