@@ -469,3 +469,42 @@ async fn apparmor_enforce_on_a_host_without_it_refuses_segments() {
         host.apparmor
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn segments_come_back_after_a_host_reboot() {
+    let mut agent = RealAgent::start("boot", "203.0.113.242", "").await;
+    let mut c = agent.client().await;
+    let s = c
+        .create_segment(small_req("boot-a", "c1"))
+        .await
+        .unwrap()
+        .into_inner();
+    let before = init_pid("seg-boot-a").unwrap();
+    // A host reboot as the agent sees it: it is gone, the segment's
+    // processes are gone, and so is its overlay mount.
+    drop(c);
+    agent.kill(Signal::SIGKILL);
+    assert!(virsh(&["destroy", "seg-boot-a"]).status.success());
+    let rootfs = agent.segment_dir("boot-a").join("rootfs");
+    nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH).unwrap();
+    assert!(!mounted(&rootfs));
+    agent.spawn().await;
+    let mut c = agent.client().await;
+    let again = c
+        .get_segment(GetSegmentRequest {
+            segment_id: "boot-a".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.state(), SegmentState::Running, "{}", agent.log());
+    assert_eq!(again.public_ipv4, s.public_ipv4);
+    assert!(mounted(&rootfs), "overlay mounted again before the start");
+    assert_ne!(
+        init_pid("seg-boot-a"),
+        Some(before),
+        "a new boot of the segment"
+    );
+    assert!(pings(&s.public_ipv4));
+    assert!(agent.log().contains("started segment that should run"));
+}

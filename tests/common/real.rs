@@ -76,11 +76,15 @@ pub fn cgroup_dir(controller: &str, domain: &str) -> Option<PathBuf> {
         })
 }
 
-/// The host PID of a running domain's init (libvirt names the cgroup after it).
+/// The host PID of a running domain's init: the only child of its
+/// libvirt_lxc controller, whose PID names the domain's cgroup.
 pub fn init_pid(domain: &str) -> Option<u32> {
     let dir = cgroup_dir("memory", domain)?;
     let name = dir.file_name()?.to_str()?.to_owned();
-    name.strip_prefix("lxc-")?.split('-').next()?.parse().ok()
+    let controller: u32 = name.strip_prefix("lxc-")?.split('-').next()?.parse().ok()?;
+    let children =
+        std::fs::read_to_string(format!("/proc/{controller}/task/{controller}/children")).ok()?;
+    children.split_whitespace().next()?.parse().ok()
 }
 
 /// Whether something is mounted at `path`.
