@@ -211,3 +211,51 @@ async fn watch_events_starts_with_a_snapshot_then_follows_changes() {
         [Created, Running, Stopped, Failed, Deleting, Deleted]
     );
 }
+
+/// With `https://` and the TLS files the reporter uses mutual TLS; a
+/// control plane that requires client certificates refuses an agent
+/// without one, and the agent just backs off.
+#[tokio::test(flavor = "multi_thread")]
+async fn reports_use_mutual_tls_when_configured() {
+    use segment_agent::certs::{ClusterCa, generate_test_ca, issue_client_cert, issue_server_cert};
+    use std::time::SystemTime;
+    let day = Duration::from_secs(86_400);
+    let (ca_pem, ca_key) = generate_test_ca("control-plane-ca", day).unwrap();
+    let ca = ClusterCa::from_pem(&ca_pem, &ca_key, SystemTime::now()).unwrap();
+    let server = issue_server_cert(
+        &ca,
+        "127.0.0.1".parse().unwrap(),
+        "localhost",
+        day,
+        SystemTime::now(),
+    )
+    .unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let cp =
+        TestControlPlane::serve_tls(listener, (server.cert_pem, server.key_pem), ca_pem.clone());
+    let files = tempfile::tempdir().unwrap();
+    let (cert, key) = issue_client_cert(&ca, "agent-hv-1").unwrap();
+    for (name, text) in [("ca.pem", &ca_pem), ("cert.pem", &cert), ("key.pem", &key)] {
+        std::fs::write(files.path().join(name), text).unwrap();
+    }
+    let f = |n: &str| files.path().join(n).display().to_string();
+    // The server certificate names 127.0.0.1 and localhost.
+    let endpoint = format!("https://localhost:{}", addr.port());
+    let without = format!(
+        "[control_plane]\nendpoint = {endpoint:?}\ninterval_seconds = 1\ntls_ca = {:?}\n",
+        f("ca.pem")
+    );
+    let anonymous = FakeAgent::start(&without).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(cp.reports().is_empty(), "no client certificate, no report");
+    drop(anonymous);
+    let with = format!(
+        "{without}tls_cert = {:?}\ntls_key = {:?}\n",
+        f("cert.pem"),
+        f("key.pem")
+    );
+    let _agent = FakeAgent::start(&with).await;
+    let r = cp.wait_for(Duration::from_secs(10), |_| true).await;
+    assert_eq!(r.host_id, "test-host");
+}

@@ -50,14 +50,39 @@ impl TestControlPlane {
         Self::serve_recording(listener, Arc::new(Recorder::default()))
     }
 
+    /// Serves with mutual TLS: `identity` is the server's (cert, key) PEM,
+    /// clients must present a certificate of `client_ca_pem`.
+    pub fn serve_tls(
+        listener: std::net::TcpListener,
+        identity: (String, String),
+        client_ca_pem: String,
+    ) -> Self {
+        let tls = tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(identity.0, identity.1))
+            .client_ca_root(tonic::transport::Certificate::from_pem(client_ca_pem));
+        Self::serve_with(listener, Arc::new(Recorder::default()), Some(tls))
+    }
+
     fn serve_recording(listener: std::net::TcpListener, recorder: Arc<Recorder>) -> Self {
+        Self::serve_with(listener, recorder, None)
+    }
+
+    fn serve_with(
+        listener: std::net::TcpListener,
+        recorder: Arc<Recorder>,
+        tls: Option<tonic::transport::ServerTlsConfig>,
+    ) -> Self {
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let listener = tokio::net::TcpListener::from_std(listener).unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let service = ControlPlaneServer::new(Handle(recorder.clone()));
         let task = tokio::spawn(async move {
-            tonic::transport::Server::builder()
+            let mut builder = tonic::transport::Server::builder();
+            if let Some(tls) = tls {
+                builder = builder.tls_config(tls).unwrap();
+            }
+            builder
                 .add_service(service)
                 .serve_with_incoming_shutdown(
                     tokio_stream::wrappers::TcpListenerStream::new(listener),
