@@ -245,7 +245,6 @@ impl Hypervisor for FakeHypervisor {
             Self::domain(s, name)?;
             Ok(DomainUsage {
                 memory_used_bytes: used,
-                memory_limit_bytes: 0,
                 cpu_time_ns: used / 1024,
             })
         })

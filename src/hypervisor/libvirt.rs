@@ -204,11 +204,10 @@ impl Hypervisor for Libvirt {
     fn usage(&self, name: &str) -> Result<DomainUsage, HvError> {
         let dom = self.domain("usage", name)?;
         // The LXC driver reads these from the segment's cgroup: memory is
-        // the current usage, max_mem the limit (both KiB), cpu_time in ns.
+        // the current usage in KiB, cpu_time in ns.
         let info = dom.info().map_err(|e| self.error("usage", name, e))?;
         Ok(DomainUsage {
             memory_used_bytes: info.memory * 1024,
-            memory_limit_bytes: info.max_mem * 1024,
             cpu_time_ns: info.cpu_time,
         })
     }

@@ -48,8 +48,6 @@ pub struct DomainEntry {
 pub struct DomainUsage {
     /// Memory in use by the segment's cgroup.
     pub memory_used_bytes: u64,
-    /// Its hard memory limit.
-    pub memory_limit_bytes: u64,
     /// CPU time consumed since it started.
     pub cpu_time_ns: u64,
 }

@@ -191,11 +191,6 @@ impl SegmentManager {
         &self.settings
     }
 
-    /// The hypervisor (for host queries).
-    pub fn hypervisor(&self) -> &Arc<dyn Hypervisor> {
-        &self.hv
-    }
-
     /// Current use of the host, and its limits.
     pub fn usage(&self) -> (Usage, registry::Capacity) {
         (self.registry.usage(), self.registry.capacity())
