@@ -215,8 +215,8 @@ async fn same_id_same_spec_is_a_retry_another_spec_a_conflict() {
 #[tokio::test]
 async fn exhaustion_is_resource_exhausted_and_leaves_nothing_behind() {
     let mut a = FakeAgent::start("[network]\nranges = [\"203.0.113.10-203.0.113.11\"]\n").await;
-    a.client.create_segment(small_req("a", "c")).await.unwrap();
-    a.client.create_segment(small_req("b", "c")).await.unwrap();
+    a.create("a", "c").await;
+    a.create("b", "c").await;
     let e = a
         .client
         .create_segment(small_req("c", "c"))
@@ -312,10 +312,7 @@ async fn failed_create_is_undone() {
 #[tokio::test]
 async fn libvirt_down_is_unavailable() {
     let mut a = FakeAgent::start("").await;
-    a.client
-        .create_segment(small_req("web-1", "c1"))
-        .await
-        .unwrap();
+    a.create("web-1", "c1").await;
     a.hv.set_down(true);
     let e = a
         .client
@@ -352,10 +349,7 @@ async fn libvirt_down_is_unavailable() {
 #[tokio::test]
 async fn stop_and_start() {
     let mut a = FakeAgent::start("").await;
-    a.client
-        .create_segment(small_req("web-1", "c1"))
-        .await
-        .unwrap();
+    a.create("web-1", "c1").await;
     let req = StopSegmentRequest {
         segment_id: "web-1".into(),
         timeout_seconds: 1,
@@ -397,18 +391,9 @@ async fn stop_and_start() {
 #[tokio::test]
 async fn restart_rebuilds_everything_from_the_hypervisor() {
     let mut a = FakeAgent::start("").await;
-    a.client
-        .create_segment(small_req("run", "c1"))
-        .await
-        .unwrap();
-    a.client
-        .create_segment(small_req("stop", "c1"))
-        .await
-        .unwrap();
-    a.client
-        .create_segment(small_req("crashed", "c1"))
-        .await
-        .unwrap();
+    a.create("run", "c1").await;
+    a.create("stop", "c1").await;
+    a.create("crashed", "c1").await;
     a.client
         .stop_segment(StopSegmentRequest {
             segment_id: "stop".into(),
@@ -490,10 +475,7 @@ async fn enforcing_apparmor_without_apparmor_fails_closed() {
 #[tokio::test]
 async fn stop_is_forced_after_the_timeout() {
     let mut a = FakeAgent::start("").await;
-    a.client
-        .create_segment(small_req("stubborn", "c1"))
-        .await
-        .unwrap();
+    a.create("stubborn", "c1").await;
     a.hv.ignore_shutdown();
     let started = std::time::Instant::now();
     let s = a
@@ -617,10 +599,7 @@ async fn tcp_listener_requires_a_client_certificate() {
 #[tokio::test]
 async fn a_domain_the_agent_does_not_manage_is_never_touched() {
     let mut a = FakeAgent::start("").await;
-    a.client
-        .create_segment(small_req("mine", "c1"))
-        .await
-        .unwrap();
+    a.create("mine", "c1").await;
     a.hv.define_foreign("seg-theirs");
     // Creating the same id refuses, and leaves the foreign domain running.
     let e = a
@@ -663,4 +642,34 @@ async fn a_domain_the_agent_does_not_manage_is_never_touched() {
         "keep me"
     );
     assert!(b.hv.domain_xml("seg-mine").is_some() && b.hv.domain_xml("seg-theirs").is_some());
+}
+
+/// A caller that gives up half-way (a deadline, a dropped connection) does
+/// not strand the segment: the create runs to completion regardless.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_create_whose_caller_hangs_up_still_completes() {
+    let mut a = FakeAgent::start("").await;
+    a.hv.slow_on("define", std::time::Duration::from_millis(500));
+    let mut impatient = a.client.clone();
+    let call = tokio::time::timeout(
+        std::time::Duration::from_millis(100),
+        impatient.create_segment(small_req("web-1", "c1")),
+    )
+    .await;
+    assert!(
+        call.is_err(),
+        "the caller gave up before the create finished"
+    );
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let s = a
+        .client
+        .get_segment(GetSegmentRequest {
+            segment_id: "web-1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(s.state(), SegmentState::Running, "{s:?}");
+    // A retry is then a plain idempotent success.
+    assert_eq!(a.create("web-1", "c1").await, s);
 }

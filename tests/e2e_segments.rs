@@ -508,3 +508,53 @@ async fn segments_come_back_after_a_host_reboot() {
     assert!(pings(&s.public_ipv4));
     assert!(agent.log().contains("started segment that should run"));
 }
+
+/// A `seg-` domain the agent did not make (here defined with plain virsh)
+/// is never touched: a create of its id is refused, and an agent restart
+/// neither adopts nor removes it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_foreign_domain_is_never_touched() {
+    let mut agent = RealAgent::start("alien", "203.0.113.243", "").await;
+    let xml = agent.state_dir.join("alien.xml");
+    let root = agent.state_dir.join("alien-root");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(
+        &xml,
+        format!(
+            "<domain type='lxc'><name>seg-alien-x</name><memory unit='MiB'>64</memory>\
+             <os><type>exe</type><init>/bin/sh</init></os><devices><filesystem type='mount'>\
+             <source dir='{}'/><target dir='/'/></filesystem></devices></domain>",
+            root.display()
+        ),
+    )
+    .unwrap();
+    assert!(virsh(&["define", xml.to_str().unwrap()]).status.success());
+    let mut c = agent.client().await;
+    let e = c
+        .create_segment(small_req("alien-x", "c1"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("does not manage"), "{}", e.message());
+    assert!(
+        domain_exists("seg-alien-x"),
+        "the foreign domain is still defined"
+    );
+    let dumped = String::from_utf8(virsh(&["dumpxml", "seg-alien-x"]).stdout).unwrap();
+    assert!(
+        !dumped.contains("segment-agent.dev"),
+        "not redefined by the agent"
+    );
+    drop(c);
+    agent.kill(Signal::SIGKILL);
+    agent.spawn().await;
+    let mut c = agent.client().await;
+    let list = c
+        .list_segments(ListSegmentsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(list.segments.is_empty(), "not adopted: {list:?}");
+    assert!(domain_exists("seg-alien-x"));
+    assert!(agent.log().contains("leaving it alone"));
+}

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{FakeAgent, control_plane::TestControlPlane, small_req};
+use common::{FakeAgent, control_plane::TestControlPlane};
 use segment_agent::proto::{
     agent::{
         DeleteSegmentRequest, SegmentEvent, SegmentEventType, SegmentState, StopSegmentRequest,
@@ -55,10 +55,7 @@ async fn reports_follow_the_host_and_survive_a_control_plane_outage() {
     // A state change is reported at once, not after the 30 s interval; the
     // control plane's ack then asks for a 1 s interval.
     cp.set_next_interval(1);
-    a.client
-        .create_segment(small_req("s1", "c1"))
-        .await
-        .unwrap();
+    a.create("s1", "c1").await;
     let r = cp
         .wait_for(Duration::from_secs(5), |r| {
             segment(r, "s1").is_some_and(|s| s.state() == SegmentState::Running)
@@ -82,10 +79,7 @@ async fn reports_follow_the_host_and_survive_a_control_plane_outage() {
     // The control plane goes away: the agent keeps working, nothing queues.
     let before = cp.reports().len();
     cp.kill().await;
-    a.client
-        .create_segment(small_req("s2", "c1"))
-        .await
-        .unwrap();
+    a.create("s2", "c1").await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(cp.reports().len(), before);
     cp.restart(std::net::TcpListener::bind(addr).unwrap());
@@ -124,14 +118,8 @@ async fn next(stream: &mut Streaming<SegmentEvent>) -> (SegmentEventType, String
 async fn watch_events_starts_with_a_snapshot_then_follows_changes() {
     use SegmentEventType::*;
     let mut a = FakeAgent::start("").await;
-    a.client
-        .create_segment(small_req("old", "c1"))
-        .await
-        .unwrap();
-    a.client
-        .create_segment(small_req("other", "c2"))
-        .await
-        .unwrap();
+    a.create("old", "c1").await;
+    a.create("other", "c2").await;
     let mut all = a
         .client
         .watch_events(WatchEventsRequest::default())
@@ -161,10 +149,7 @@ async fn watch_events_starts_with_a_snapshot_then_follows_changes() {
     );
     assert_eq!(next(&mut c1).await.0, SnapshotEnd);
 
-    a.client
-        .create_segment(small_req("new", "c1"))
-        .await
-        .unwrap();
+    a.create("new", "c1").await;
     assert_eq!(
         next(&mut all).await,
         (Created, "new".into(), SegmentState::Provisioning)

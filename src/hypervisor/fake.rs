@@ -12,6 +12,7 @@ use std::{
 struct State {
     domains: BTreeMap<String, FakeDomain>,
     fail: HashSet<&'static str>,
+    slow: Option<(&'static str, std::time::Duration)>,
     down: bool,
     ignore_shutdown: bool,
     calls: Vec<String>,
@@ -46,6 +47,11 @@ impl FakeHypervisor {
     /// Makes every later call of `op` ("define", "start", ...) fail.
     pub fn fail_on(&self, op: &'static str) {
         self.state.lock().unwrap().fail.insert(op);
+    }
+
+    /// Makes every later call of `op` take `delay` (on the blocking pool).
+    pub fn slow_on(&self, op: &'static str, delay: std::time::Duration) {
+        self.state.lock().unwrap().slow = Some((op, delay));
     }
 
     /// Simulates libvirtd going down (true) or coming back (false).
@@ -111,6 +117,13 @@ impl FakeHypervisor {
         name: &str,
         f: impl FnOnce(&mut State) -> Result<T, HvError>,
     ) -> Result<T, HvError> {
+        let slow = self.state.lock().unwrap().slow;
+        if let Some((slow_op, delay)) = slow
+            && slow_op == op
+        {
+            // Outside the lock, as a slow libvirtd call would be.
+            std::thread::sleep(delay);
+        }
         let mut s = self.state.lock().unwrap();
         if s.down {
             return Err(HvError::Unavailable("fake libvirtd is down".into()));

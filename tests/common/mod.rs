@@ -112,6 +112,19 @@ pub struct FakeAgent {
 }
 
 impl FakeAgent {
+    /// Creates a small segment and expects success.
+    pub async fn create(
+        &mut self,
+        id: &str,
+        cluster: &str,
+    ) -> segment_agent::proto::agent::Segment {
+        self.client
+            .create_segment(small_req(id, cluster))
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
     /// Starts an agent with `extra` TOML appended to a test configuration.
     pub async fn start(extra: &str) -> Self {
         Self::start_with(
