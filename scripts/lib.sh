@@ -118,8 +118,9 @@ install_tools() {
     mv -f "$TOOLS_DIR/bin/.segment-authz.new" "$TOOLS_DIR/bin/segment-authz"
 }
 
-# The images of development and tests: dev (busybox) and docker.
+# The images of development and tests: dev (busybox) and docker, built
+# again whenever what they are made of changed.
 build_images() {
-    "$REPO/scripts/build-image" --name dev --out "$STATE_DIR/images"
-    "$REPO/scripts/build-image" --name docker --out "$STATE_DIR/images" --docker
+    "$REPO/scripts/build-image" --name dev --out "$STATE_DIR/images" --replace-changed
+    "$REPO/scripts/build-image" --name docker --out "$STATE_DIR/images" --docker --replace-changed
 }
