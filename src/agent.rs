@@ -4,10 +4,12 @@
 use crate::{
     api::{self, Listeners, SegmentAgentService},
     apparmor::{ApparmorMode, PROFILE_NAME, ProfileInstaller, ProfileLoader},
+    cgroups::HostCgroups,
     config::{Config, ConfigError},
     docker::probe::TlsPing,
     host::HostFacts,
     hypervisor::{Hypervisor, libvirt::Libvirt},
+    idmap::IdRangePool,
     images::ImageStore,
     network::SegmentNetwork,
     pool::AddressPool,
@@ -51,6 +53,7 @@ pub fn settings(config: &Config) -> Result<Settings, ConfigError> {
                 u64::from(config.docker.cert_validity_days) * 86_400,
             ),
         },
+        isolation: config.isolation,
     })
 }
 
@@ -105,8 +108,10 @@ pub fn registry(config: &Config, host: &HostFacts) -> Result<Registry, ConfigErr
         max_segments: c.max_segments,
         allocatable_memory_mib: (usable * c.memory_overcommit_ratio) as u64,
     };
+    let iso = &config.isolation;
     Ok(Registry::new(
         AddressPool::from_config(&config.network)?,
+        IdRangePool::new(iso.first_host_id, iso.ids_per_segment, c.max_segments),
         capacity,
     ))
 }
@@ -119,6 +124,7 @@ pub fn real_backends(config: &Config) -> Backends {
             as Arc<dyn SegmentStorage>,
         images: ImageStore::new(config.state_dir.join("images")),
         probe: Arc::new(TlsPing),
+        cgroups: Arc::new(HostCgroups::default()),
     }
 }
 

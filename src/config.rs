@@ -79,6 +79,9 @@ pub struct Config {
     pub lifecycle: LifecycleConfig,
     /// Docker inside segments.
     pub docker: DockerConfig,
+    /// `[isolation]`: user-namespace id ranges and the segment's internal
+    /// cgroup split.
+    pub isolation: IsolationConfig,
     /// Health reports; no table, no reports.
     pub control_plane: Option<ControlPlaneConfig>,
 }
@@ -201,6 +204,7 @@ impl Default for Config {
             capacity: CapacityConfig::default(),
             lifecycle: LifecycleConfig::default(),
             docker: DockerConfig::default(),
+            isolation: IsolationConfig::default(),
             control_plane: None,
         }
     }
@@ -323,6 +327,70 @@ impl Default for CapacityConfig {
     }
 }
 
+/// How segments are kept apart from the host and from each other.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IsolationConfig {
+    /// First host uid/gid of the block segments' user namespaces map to:
+    /// segment slot `k` gets `first_host_id + k * ids_per_segment` onwards.
+    /// Keep the block out of `/etc/subuid` ranges and real users.
+    pub first_host_id: u32,
+    /// Ids each segment maps (its uids and gids `0..ids_per_segment`);
+    /// at least 65536, what container images assume.
+    pub ids_per_segment: u32,
+    /// Most processes (and threads) in one segment: its `pids.max`.
+    pub pids_max: u32,
+    /// Docker segments: memory their containers can never take from the
+    /// management daemons (containerd, dockerd, the policy plugin): the
+    /// containers' cgroup is capped at the flavor's memory minus this (at
+    /// most a quarter of a small flavor).
+    pub management_memory_mib: u32,
+}
+
+impl Default for IsolationConfig {
+    fn default() -> Self {
+        Self {
+            first_host_id: 1_000_000,
+            ids_per_segment: 65_536,
+            pids_max: 4096,
+            management_memory_mib: 256,
+        }
+    }
+}
+
+impl IsolationConfig {
+    /// Checks the block fits host ids for `slots` segments.
+    fn validate(&self, slots: u32) -> Result<(), ConfigError> {
+        if self.ids_per_segment < 65_536 {
+            return Err(invalid(
+                "isolation.ids_per_segment",
+                "must be at least 65536",
+            ));
+        }
+        if self.first_host_id < 65_536 {
+            return Err(invalid(
+                "isolation.first_host_id",
+                "must be at least 65536 (host system and user ids live below)",
+            ));
+        }
+        let end =
+            u64::from(self.first_host_id) + u64::from(slots) * u64::from(self.ids_per_segment);
+        if end >= u64::from(u32::MAX) {
+            return Err(invalid(
+                "isolation.first_host_id",
+                format!(
+                    "{slots} segments (capacity.max_segments) of {} ids from {} pass the largest uid",
+                    self.ids_per_segment, self.first_host_id
+                ),
+            ));
+        }
+        if self.pids_max < 64 {
+            return Err(invalid("isolation.pids_max", "must be at least 64"));
+        }
+        Ok(())
+    }
+}
+
 /// Segment lifecycle timing.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -406,6 +474,7 @@ impl Config {
         if c.max_segments == 0 {
             return Err(invalid("capacity.max_segments", "must be at least 1"));
         }
+        self.isolation.validate(c.max_segments)?;
         if let Some(cp) = &self.control_plane {
             cp.validate()?;
         }

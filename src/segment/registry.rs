@@ -6,7 +6,7 @@ use super::{
     error::Error,
     spec::{Desired, SegmentId, SegmentRecord, SegmentRequest},
 };
-use crate::pool::AddressPool;
+use crate::{idmap::IdRangePool, pool::AddressPool};
 use std::{collections::BTreeMap, net::Ipv4Addr, sync::Mutex, time::SystemTime};
 
 /// An operation in flight on a segment.
@@ -54,6 +54,7 @@ pub struct Usage {
 struct Inner {
     segments: BTreeMap<SegmentId, Entry>,
     pool: AddressPool,
+    ids: IdRangePool,
 }
 
 /// Segments and addresses under one lock.
@@ -63,12 +64,13 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// An empty registry over `pool`.
-    pub fn new(pool: AddressPool, capacity: Capacity) -> Self {
+    /// An empty registry over the address pool and the id ranges.
+    pub fn new(pool: AddressPool, ids: IdRangePool, capacity: Capacity) -> Self {
         Self {
             inner: Mutex::new(Inner {
                 segments: BTreeMap::new(),
                 pool,
+                ids,
             }),
             capacity,
         }
@@ -94,8 +96,8 @@ impl Registry {
     }
 
     /// Admits a new segment: checks slots and memory, takes the lowest free
-    /// address and records the segment as being created. Nothing is taken
-    /// when any check fails.
+    /// address and id range and records the segment as being created.
+    /// Nothing is taken when any check fails.
     pub fn admit(&self, request: SegmentRequest, now: SystemTime) -> Result<SegmentRecord, Error> {
         let mut inner = self.lock();
         let used = inner.segments.len() as u32;
@@ -116,16 +118,24 @@ impl Registry {
                 self.capacity.allocatable_memory_mib
             )));
         }
-        let address = inner
-            .pool
+        let ids = inner
+            .ids
             .allocate()
             .map_err(|e| Error::ResourceExhausted(e.to_string()))?;
+        let address = match inner.pool.allocate() {
+            Ok(a) => a,
+            Err(e) => {
+                inner.ids.release(ids);
+                return Err(Error::ResourceExhausted(e.to_string()));
+            }
+        };
         let record = SegmentRecord {
             request,
             address,
             created_at: now,
             desired: Desired::Running,
             server_cert_not_after: None,
+            ids,
         };
         let entry = Entry {
             record: record.clone(),
@@ -146,7 +156,15 @@ impl Registry {
                 record.address
             ));
         }
+        if !inner.ids.reserve(record.ids) {
+            return Err(format!(
+                "host ids {}+{} are claimed by another segment or are not a range of the configured \
+                 isolation block",
+                record.ids.host_first, record.ids.count
+            ));
+        }
         if !inner.pool.reserve(record.address) {
+            inner.ids.release(record.ids);
             return Err(format!(
                 "address {} is claimed by another segment",
                 record.address
@@ -172,6 +190,7 @@ impl Registry {
         let mut inner = self.lock();
         let entry = inner.segments.remove(id)?;
         inner.pool.release(entry.record.address);
+        inner.ids.release(entry.record.ids);
         Some(entry.record.address)
     }
 

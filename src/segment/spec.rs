@@ -237,6 +237,8 @@ pub struct SegmentRecord {
     pub desired: Desired,
     /// When the Docker server certificate the agent issued expires.
     pub server_cert_not_after: Option<SystemTime>,
+    /// The host ids its user namespace maps to (its root is `host_first`).
+    pub ids: crate::idmap::IdRange,
 }
 
 /// The state an operator or scheduler asked for, as opposed to the observed one.

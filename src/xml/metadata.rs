@@ -71,7 +71,9 @@ fn write_element(w: &mut XmlWriter, r: &SegmentRecord, prefix: Option<&str>) -> 
         .with_attribute(("memory_mib", q.flavor.memory_mib.to_string().as_str()))
         .with_attribute(("vcpus", q.flavor.vcpus.to_string().as_str()))
         .with_attribute(("created_at", created.as_str()))
-        .with_attribute(("desired", r.desired.as_str()));
+        .with_attribute(("desired", r.desired.as_str()))
+        .with_attribute(("host_uid", r.ids.host_first.to_string().as_str()))
+        .with_attribute(("uid_count", r.ids.count.to_string().as_str()));
     let ca = q.ca_cert_pem.as_deref().and_then(pem_to_base64_der);
     let element = match &ca {
         Some(der) => element.with_attribute(("ca", der.as_str())),
@@ -224,6 +226,10 @@ fn record_from(
         created_at,
         desired: Desired::parse(field(a, "desired")?).ok_or(MetadataError::Field("desired"))?,
         server_cert_not_after,
+        ids: crate::idmap::IdRange {
+            host_first: parsed(a, "host_uid")?,
+            count: parsed(a, "uid_count")?,
+        },
     })
 }
 
@@ -253,6 +259,10 @@ pub(crate) mod tests {
             created_at: UNIX_EPOCH + Duration::new(1_795_000_000, 123_456_789),
             desired: Desired::Running,
             server_cert_not_after: None,
+            ids: crate::idmap::IdRange {
+                host_first: 1_000_000,
+                count: 65_536,
+            },
         }
     }
 
@@ -290,7 +300,8 @@ pub(crate) mod tests {
         // attributes; a future agent may add fields.
         let xml = r#"<domain><metadata><x:segment xmlns:x="https://segment-agent.dev/xmlns/segment/1"
             future="1" desired="stopped" id="a" cluster="b" image="dev" address="203.0.113.11"
-            memory_mib="256" vcpus="1" created_at="2026-11-22T04:00:00Z">
+            memory_mib="256" vcpus="1" created_at="2026-11-22T04:00:00Z" host_uid="1065536"
+            uid_count="65536">
               <x:label key="k" value="v"/><x:extra><x:label key="z" value="nested"/></x:extra>
             </x:segment></metadata></domain>"#;
         let r = parse_record(xml).unwrap();
