@@ -1,11 +1,18 @@
 //! Segment filesystems behind a narrow trait. The real store mounts an
 //! overlayfs per segment over its image (copy-on-write: a create copies no
 //! image data) under `<state_dir>/segments/<id>/`.
+//!
+//! Segments are unprivileged: their root is a host uid of their own
+//! ([`crate::idmap`]). The image stays owned by host root and shared; each
+//! segment sees it through an idmapped bind (`lower/`, read-only), so its
+//! files appear owned by the segment's root without a copy or a chown. What
+//! the segment writes lands in `upper/` owned by its own host ids.
 
-use crate::{images::Image, segment::spec::SegmentId};
+use crate::{idmap::IdRange, images::Image, segment::spec::SegmentId};
+use segment_mount::BindOptions;
 use std::{
     io,
-    os::unix::fs::{MetadataExt, PermissionsExt},
+    os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
 };
 
@@ -32,11 +39,17 @@ fn err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StorageError 
 pub struct SegmentDirs {
     /// The segment's root filesystem (an overlay mount).
     pub rootfs: PathBuf,
-    /// Bound at `/var/lib/docker`: a plain directory, since overlay2 refuses
-    /// an overlay upper. Survives rebuilds.
+    /// Bound at `/var/lib/segment/docker`, dockerd's data root: a plain
+    /// directory, since overlay2 refuses an overlay upper. Survives
+    /// rebuilds. No customer bind can name it.
     pub docker_data: PathBuf,
-    /// Bound at `/etc/docker`: daemon.json and the TLS files the agent
-    /// writes; read-write because dockerd writes `key.json` there.
+    /// Bound at `/var/lib/docker`: the customer data area, the only place
+    /// bind mounts may come from. It holds no Docker or segment state, and
+    /// is a `nosymfollow` mount: a symlink planted in it after the policy
+    /// checked a bind source is never followed when the bind is mounted.
+    pub data: PathBuf,
+    /// Bound read-only at `/etc/docker`: daemon.json and the TLS files the
+    /// agent writes, owned by host root (nobody inside the segment).
     pub docker_config: PathBuf,
     /// The agent's own client certificate for the segment's Docker (health
     /// checks); host-only, never visible inside the segment.
@@ -49,6 +62,7 @@ impl SegmentDirs {
         Self {
             rootfs: base.join("rootfs"),
             docker_data: base.join("docker"),
+            data: base.join("data"),
             docker_config: base.join("etc-docker"),
             agent_tls: base.join("agent-tls"),
         }
@@ -58,15 +72,31 @@ impl SegmentDirs {
         for d in [
             &self.rootfs,
             &self.docker_data,
+            &self.data,
             &self.docker_config,
             &self.agent_tls,
         ] {
             std::fs::create_dir_all(d).map_err(err("create", d))?;
         }
-        // Private keys live in these two.
-        for d in [&self.docker_config, &self.agent_tls] {
-            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))
-                .map_err(err("chmod", d))?;
+        // The agent's own key lives here; nothing of it is for the segment.
+        std::fs::set_permissions(&self.agent_tls, std::fs::Permissions::from_mode(0o700))
+            .map_err(err("chmod", &self.agent_tls))?;
+        // dockerd (the segment's root) reads its key here; the directory
+        // stays host root's, so nothing inside can add or replace a file.
+        std::fs::set_permissions(&self.docker_config, std::fs::Permissions::from_mode(0o755))
+            .map_err(err("chmod", &self.docker_config))?;
+        Ok(())
+    }
+
+    /// Gives the segment's root the directories it writes to.
+    fn hand_over(&self, base: &Path, ids: IdRange) -> Result<(), StorageError> {
+        let owner = Some(ids.host_first);
+        for d in [
+            base.join("upper"),
+            self.docker_data.clone(),
+            self.data.clone(),
+        ] {
+            std::os::unix::fs::chown(&d, owner, owner).map_err(err("chown", &d))?;
         }
         Ok(())
     }
@@ -74,9 +104,14 @@ impl SegmentDirs {
 
 /// Per-segment filesystems.
 pub trait SegmentStorage: Send + Sync + 'static {
-    /// Creates (or, after a host reboot, remounts) the segment's filesystems.
-    /// Idempotent.
-    fn prepare(&self, id: &SegmentId, image: &Image) -> Result<SegmentDirs, StorageError>;
+    /// Creates (or, after a host reboot, remounts) the segment's filesystems,
+    /// owned by the segment's host ids `ids`. Idempotent.
+    fn prepare(
+        &self,
+        id: &SegmentId,
+        image: &Image,
+        ids: IdRange,
+    ) -> Result<SegmentDirs, StorageError>;
     /// Where the segment's directories are (no I/O).
     fn dirs(&self, id: &SegmentId) -> SegmentDirs;
     /// Unmounts and removes everything of the segment. Idempotent.
@@ -102,32 +137,95 @@ impl OverlayStorage {
     }
 }
 
-/// Whether `path` is a mount point: its device differs from its parent's.
+/// Whether something is mounted at `path` (binds of a directory of the
+/// same filesystem included: the kernel's mount table decides, not devices).
 pub fn is_mount_point(path: &Path) -> io::Result<bool> {
-    let meta = match std::fs::symlink_metadata(path) {
-        Ok(m) => m,
+    let path = match std::fs::canonicalize(path) {
+        Ok(p) => p,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(e),
     };
-    let parent = path.parent().unwrap_or(Path::new("/"));
-    Ok(meta.dev() != std::fs::metadata(parent)?.dev())
+    let wanted = path.as_os_str().as_encoded_bytes();
+    let table = std::fs::read("/proc/self/mountinfo")?;
+    Ok(table
+        .split(|&b| b == b'\n')
+        .filter_map(|line| line.split(|&b| b == b' ').nth(4))
+        .any(|point| unescape_mount_point(point) == wanted))
+}
+
+/// mountinfo writes space, tab, newline and backslash as `\ooo`.
+fn unescape_mount_point(field: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(field.len());
+    let mut i = 0;
+    while i < field.len() {
+        let octal = field
+            .get(i + 1..i + 4)
+            .filter(|o| o.iter().all(|b| (b'0'..=b'7').contains(b)));
+        match (field[i], octal) {
+            (b'\\', Some(o)) => {
+                out.push(
+                    o.iter()
+                        .fold(0u8, |acc, d| acc.wrapping_mul(8) + (d - b'0')),
+                );
+                i += 4;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+fn unmount(path: &Path) -> Result<(), StorageError> {
+    if is_mount_point(path).map_err(err("stat", path))? {
+        nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH)
+            .map_err(|e| err("unmount", path)(e.into()))?;
+    }
+    Ok(())
+}
+
+fn bind_once(source: &Path, target: &Path, options: BindOptions) -> Result<(), StorageError> {
+    if !is_mount_point(target).map_err(err("stat", target))? {
+        segment_mount::bind(source, target, options).map_err(err("bind-mount on", target))?;
+    }
+    Ok(())
 }
 
 impl SegmentStorage for OverlayStorage {
-    fn prepare(&self, id: &SegmentId, image: &Image) -> Result<SegmentDirs, StorageError> {
+    fn prepare(
+        &self,
+        id: &SegmentId,
+        image: &Image,
+        ids: IdRange,
+    ) -> Result<SegmentDirs, StorageError> {
         let base = self.segment_dir(id);
         let dirs = SegmentDirs::under(&base);
         dirs.create()?;
-        let (upper, work, rootfs) = (base.join("upper"), base.join("work"), dirs.rootfs.clone());
-        for d in [&upper, &work] {
+        let (lower, upper, work) = (base.join("lower"), base.join("upper"), base.join("work"));
+        for d in [&lower, &upper, &work] {
             std::fs::create_dir_all(d).map_err(err("create", d))?;
         }
+        dirs.hand_over(&base, ids)?;
+        let image_view = BindOptions {
+            idmap: Some(ids),
+            readonly: true,
+            nosymfollow: false,
+        };
+        bind_once(&image.rootfs, &lower, image_view)?;
+        let area = BindOptions {
+            nosymfollow: true,
+            ..BindOptions::default()
+        };
+        bind_once(&dirs.data, &dirs.data, area)?;
+        let rootfs = dirs.rootfs.clone();
         if !is_mount_point(&rootfs).map_err(err("stat", &rootfs))? {
             // Paths are made of validated names under an absolute state dir
             // that config validation keeps free of ',' and ':'.
             let options = format!(
                 "lowerdir={},upperdir={},workdir={}",
-                image.rootfs.display(),
+                lower.display(),
                 upper.display(),
                 work.display()
             );
@@ -149,10 +247,8 @@ impl SegmentStorage for OverlayStorage {
 
     fn remove(&self, id: &SegmentId) -> Result<(), StorageError> {
         let base = self.segment_dir(id);
-        let rootfs = base.join("rootfs");
-        if is_mount_point(&rootfs).map_err(err("stat", &rootfs))? {
-            nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH)
-                .map_err(|e| err("unmount", &rootfs)(e.into()))?;
+        for mount in ["rootfs", "lower", "data"] {
+            unmount(&base.join(mount))?;
         }
         match std::fs::remove_dir_all(&base) {
             Ok(()) => Ok(()),
@@ -196,7 +292,12 @@ impl PlainDirStorage {
 }
 
 impl SegmentStorage for PlainDirStorage {
-    fn prepare(&self, id: &SegmentId, _image: &Image) -> Result<SegmentDirs, StorageError> {
+    fn prepare(
+        &self,
+        id: &SegmentId,
+        _image: &Image,
+        _ids: IdRange,
+    ) -> Result<SegmentDirs, StorageError> {
         let dirs = SegmentDirs::under(&self.dir.join(id.as_str()));
         dirs.create()?;
         Ok(dirs)
@@ -219,6 +320,12 @@ impl SegmentStorage for PlainDirStorage {
 mod tests {
     use super::*;
     use crate::segment::spec::ImageName;
+    use std::os::unix::fs::MetadataExt;
+
+    const IDS: IdRange = IdRange {
+        host_first: 3_000_000,
+        count: 65_536,
+    };
 
     fn image(dir: &Path) -> Image {
         let rootfs = dir.join("images/dev/rootfs");
@@ -239,10 +346,32 @@ mod tests {
         let img = image(dir.path());
         let store = OverlayStorage::new(dir.path().join("segments"));
         let id = SegmentId::parse("s1").unwrap();
-        let dirs = store.prepare(&id, &img).unwrap();
+        let dirs = store.prepare(&id, &img, IDS).unwrap();
         assert!(is_mount_point(&dirs.rootfs).unwrap());
         // Idempotent: a second prepare neither fails nor stacks a mount.
-        assert_eq!(store.prepare(&id, &img).unwrap(), dirs);
+        assert_eq!(store.prepare(&id, &img, IDS).unwrap(), dirs);
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let base = std::fs::canonicalize(dir.path().join("segments/s1")).unwrap();
+        for m in ["rootfs", "lower", "data"] {
+            let point = format!(" {} ", base.join(m).display());
+            assert_eq!(mounts.matches(&point).count(), 1, "{m} mounted once");
+        }
+        // The image, owned by host root, appears owned by the segment's root.
+        let meta = std::fs::metadata(dirs.rootfs.join("etc/hostname")).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (IDS.host_first, IDS.host_first));
+        assert_eq!(
+            std::fs::metadata(img.rootfs.join("etc/hostname"))
+                .unwrap()
+                .uid(),
+            0
+        );
+        for d in [&dirs.rootfs, &dirs.docker_data, &dirs.data] {
+            assert_eq!(std::fs::metadata(d).unwrap().uid(), IDS.host_first, "{d:?}");
+        }
+        // The customer data area never follows a symlink.
+        std::os::unix::fs::symlink("/", dirs.data.join("esc")).unwrap();
+        let e = std::fs::metadata(dirs.data.join("esc/etc")).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(nix::libc::ELOOP));
         std::fs::write(dirs.rootfs.join("etc/hostname"), "segment\n").unwrap();
         assert_eq!(
             std::fs::read_to_string(img.rootfs.join("etc/hostname")).unwrap(),

@@ -54,6 +54,8 @@ pub struct DomainSpec {
     pub cpu_period_us: u64,
     /// The init program inside the segment.
     pub init: String,
+    /// The host ids the segment's user namespace maps its `0..count` to.
+    pub idmap: crate::idmap::IdRange,
     /// Filesystems, the root (`/`) first.
     pub filesystems: Vec<FilesystemMount>,
     /// The network interface.
@@ -102,6 +104,21 @@ impl DomainSpec {
         w.create_element("os").write_inner_content(|w| {
             text_element(w, "type", "exe")?;
             text_element(w, "init", &self.init)
+        })?;
+        // A user namespace: root inside is an unprivileged host uid.
+        let (target, count) = (
+            self.idmap.host_first.to_string(),
+            self.idmap.count.to_string(),
+        );
+        w.create_element("idmap").write_inner_content(|w| {
+            for kind in ["uid", "gid"] {
+                w.create_element(kind)
+                    .with_attribute(("start", "0"))
+                    .with_attribute(("target", target.as_str()))
+                    .with_attribute(("count", count.as_str()))
+                    .write_empty()?;
+            }
+            Ok(())
         })?;
         // runc inside the segment needs mknod, else every `docker run` fails
         // with "unable to apply caps".
@@ -216,6 +233,10 @@ mod tests {
             vcpus: 2,
             cpu_period_us: 100_000,
             init: "/sbin/init".into(),
+            idmap: crate::idmap::IdRange {
+                host_first: 1_000_000,
+                count: 65_536,
+            },
             filesystems: vec![FilesystemMount {
                 source: "/var/lib/segment-agent/segments/web-1/rootfs".into(),
                 target: "/".into(),

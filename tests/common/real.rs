@@ -234,13 +234,11 @@ fn cleanup(prefix: &str, state_dir: &Path) {
         let _ = virsh(&["destroy", name]);
         let _ = virsh(&["undefine", name]);
     }
-    if let Ok(entries) = std::fs::read_dir(state_dir.join("segments")) {
-        for e in entries.flatten() {
-            let rootfs = e.path().join("rootfs");
-            if mounted(&rootfs) {
-                let _ = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH);
-            }
-        }
+    // The agent's own removal: every mount of a segment, then its files.
+    use segment_agent::storage::{OverlayStorage, SegmentStorage};
+    let store = OverlayStorage::new(state_dir.join("segments"));
+    for id in store.list().unwrap_or_default() {
+        let _ = store.remove(&id);
     }
     let _ = std::fs::remove_dir_all(state_dir);
 }
