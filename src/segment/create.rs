@@ -143,20 +143,18 @@ impl SegmentManager {
         image: &Image,
         ca: Option<&ClusterCa>,
     ) -> Result<SegmentRecord, Error> {
-        let (id, img) = (record.request.id.clone(), image.clone());
-        let dirs = self.storage_blocking(move |s| s.prepare(&id, &img)).await?;
+        let (id, img, ids) = (record.request.id.clone(), image.clone(), record.ids);
+        let dirs = self
+            .storage_blocking(move |s| s.prepare(&id, &img, ids))
+            .await?;
         if let Some(ca) = ca {
             record.server_cert_not_after = Some(self.certify(&record, ca, &dirs).await?);
             let r = record.clone();
             self.registry.update(&record.request.id, |e| e.record = r);
         }
         let xml = self.domain_spec(&record, image, &dirs).to_xml();
-        let name = record.request.id.domain_name();
-        self.blocking(move |hv| {
-            hv.define(&xml)?;
-            hv.start(&name)
-        })
-        .await?;
+        self.blocking(move |hv| hv.define(&xml)).await?;
+        self.boot(&record, image.docker).await?;
         Ok(record)
     }
 
@@ -181,9 +179,10 @@ impl SegmentManager {
         let (client_cert, client_key) = (client.cert_pem, client.key_pem);
         let not_after = server.not_after;
         let (dirs, ca_pem) = (dirs.clone(), ca.canonical_cert_pem());
+        let key_owner = Some(record.ids.host_first);
         tokio::task::spawn_blocking(move || {
             docker::write_agent_tls(&dirs.agent_tls, &ca_pem, &client_cert, &client_key)?;
-            docker::write_config(&dirs.docker_config, &ca_pem, &server)
+            docker::write_config(&dirs.docker_config, &ca_pem, &server, key_owner)
         })
         .await
         .map_err(|e| Error::Internal(format!("config task: {e}")))?
@@ -211,6 +210,7 @@ impl SegmentManager {
             vcpus: record.request.flavor.vcpus,
             cpu_period_us: s.cpu_period_us,
             init: image.init.clone(),
+            idmap: record.ids,
             filesystems,
             interface: NetworkInterface {
                 bridge: s.network.bridge.clone(),

@@ -59,6 +59,7 @@ impl SegmentManager {
             hv.undefine(&name)
         })
         .await?;
+        self.sweep_cgroups().await;
         let id = record.request.id.clone();
         self.storage_blocking(move |s| s.remove(&id)).await
     }

@@ -6,6 +6,7 @@
 //! [`recover`] (agent start). Operations on one segment are serialised by
 //! [`locks::SegmentLocks`]; admission is atomic in [`registry::Registry`].
 
+pub mod boot;
 pub mod create;
 pub mod delete;
 pub mod error;
@@ -21,6 +22,8 @@ pub use error::Error;
 pub use state::{Segment, SegmentState};
 
 use crate::{
+    cgroups::SegmentCgroups,
+    config::IsolationConfig,
     docker::probe::DockerProbe,
     events::EventHub,
     hypervisor::Hypervisor,
@@ -53,6 +56,8 @@ pub struct Settings {
     pub confinement: Confinement,
     /// Docker inside segments.
     pub docker: DockerSettings,
+    /// User-namespace ranges, `pids.max`, the management reserve.
+    pub isolation: IsolationConfig,
 }
 
 /// Docker inside segments.
@@ -121,6 +126,8 @@ pub struct Backends {
     pub images: ImageStore,
     /// Docker readiness.
     pub probe: Arc<dyn DockerProbe>,
+    /// Segments' cgroups once started.
+    pub cgroups: Arc<dyn SegmentCgroups>,
 }
 
 /// Creates, starts, stops, deletes and lists the host's segments.
@@ -129,6 +136,7 @@ pub struct SegmentManager {
     storage: Arc<dyn SegmentStorage>,
     images: ImageStore,
     probe: Arc<dyn DockerProbe>,
+    cgroups: Arc<dyn SegmentCgroups>,
     registry: Registry,
     locks: SegmentLocks,
     settings: Settings,
@@ -144,6 +152,7 @@ impl SegmentManager {
             storage: backends.storage,
             images: backends.images,
             probe: backends.probe,
+            cgroups: backends.cgroups,
             registry,
             locks: SegmentLocks::default(),
             settings,

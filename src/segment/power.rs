@@ -27,8 +27,8 @@ impl SegmentManager {
         }
         self.settings.confinement.require()?;
         let image = self.resolve_image(&current.record.request.image).await?;
-        let sid = id.clone();
-        self.storage_blocking(move |s| s.prepare(&sid, &image))
+        let (sid, ids, docker) = (id.clone(), current.record.ids, image.docker);
+        self.storage_blocking(move |s| s.prepare(&sid, &image, ids))
             .await?;
         if current.record.desired != Desired::Running {
             let mut record = current.record.clone();
@@ -40,7 +40,7 @@ impl SegmentManager {
         // segment may well be running (its Docker never answered).
         let name = id.domain_name();
         if !self.domain_running(&name).await? {
-            self.blocking(move |hv| hv.start(&name)).await?;
+            self.boot(&current.record, docker).await?;
             info!("segment started");
         }
         self.announce(id).await;
@@ -68,6 +68,7 @@ impl SegmentManager {
         if self.domain_running(&id.domain_name()).await? {
             let timeout = timeout.unwrap_or(self.settings.stop_timeout);
             self.stop_domain(id, timeout).await?;
+            self.sweep_cgroups().await;
         }
         self.announce(id).await;
         self.get(id).await

@@ -30,9 +30,9 @@ impl SegmentManager {
                 current.state
             )));
         }
-        let sid = id.clone();
+        let (sid, ids) = (id.clone(), current.record.ids);
         let dirs = self
-            .storage_blocking(move |s| s.prepare(&sid, &image))
+            .storage_blocking(move |s| s.prepare(&sid, &image, ids))
             .await?;
         let mut record = current.record.clone();
         record.request.ca_cert_pem = Some(ca.canonical_cert_pem());

@@ -116,16 +116,15 @@ impl SegmentManager {
             Ok(i) => i,
             Err(e) => return self.fail(id, e.to_string()),
         };
-        let sid = id.clone();
+        let (sid, ids, docker) = (id.clone(), entry.record.ids, image.docker);
         if let Err(e) = self
-            .storage_blocking(move |s| s.prepare(&sid, &image))
+            .storage_blocking(move |s| s.prepare(&sid, &image, ids))
             .await
         {
             return self.fail(id, format!("mounting root filesystem: {e}"));
         }
         if entry.record.desired == Desired::Running && !running {
-            let name = id.domain_name();
-            match self.blocking(move |hv| hv.start(&name)).await {
+            match self.boot(&entry.record, docker).await {
                 Ok(()) => {
                     info!(segment_id = %id, "started segment that should run");
                     report.started += 1;

@@ -13,6 +13,7 @@ use segment_agent::{
     agent,
     api::Listeners,
     apparmor::{ApparmorError, ProfileLoader, UnavailableReason},
+    cgroups::{RecordingCgroups, SegmentCgroups},
     config::{Config, ListenConfig},
     docker::probe::{DockerProbe, ProbeError, ProbeTls},
     host::HostFacts,
@@ -105,6 +106,8 @@ impl ProfileLoader for NoApparmor {
 pub struct FakeAgent {
     pub dir: tempfile::TempDir,
     pub hv: Arc<FakeHypervisor>,
+    /// What the lifecycle asked of the segments' cgroups.
+    pub cgroups: Arc<RecordingCgroups>,
     pub client: SegmentAgentClient<Channel>,
     pub manager: Arc<SegmentManager>,
     stop: Option<oneshot::Sender<()>>,
@@ -160,6 +163,7 @@ impl FakeAgent {
         probe: FakeProbe,
     ) -> Self {
         let socket = dir.path().join("agent.sock");
+        let cgroups = Arc::new(RecordingCgroups::default());
         fake_image(&dir.path().join("images"), "dev");
         let apparmor = if extra.contains("apparmor =") {
             ""
@@ -186,6 +190,7 @@ impl FakeAgent {
                 as Arc<dyn SegmentStorage>,
             images: ImageStore::new(dir.path().join("images")),
             probe: Arc::new(probe),
+            cgroups: cgroups.clone() as Arc<dyn SegmentCgroups>,
         };
         let mut settings = agent::settings(&config).unwrap();
         let loader = NoApparmor(dir.path().join("no-apparmor"));
@@ -216,6 +221,7 @@ impl FakeAgent {
         FakeAgent {
             dir,
             hv,
+            cgroups,
             client,
             manager,
             stop: Some(stop),

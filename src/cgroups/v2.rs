@@ -1,0 +1,131 @@
+//! cgroup v2: one unified hierarchy. A cgroup with controllers enabled for
+//! its children may hold no process, so the segment's own processes move to
+//! a `management` leaf beside the containers' `docker` cgroup. The
+//! supervisor of a Docker segment has entered its cgroup namespace while it
+//! was still in the segment's cgroup (the namespace's root stays there when
+//! it is moved), so inside, `/sys/fs/cgroup` is the segment's cgroup with
+//! `management/` and `docker/` below it.
+
+use super::{CgroupError, SegmentLimits, WORKLOAD, delegate, err, procs, write};
+use std::path::{Path, PathBuf};
+
+/// The leaf that holds the segment's own processes.
+pub const MANAGEMENT: &str = "management";
+
+pub(super) fn take_in_hand(
+    root: &Path,
+    proc: &Path,
+    init_pid: u32,
+    controller: u32,
+    limits: &SegmentLimits,
+) -> Result<(), CgroupError> {
+    let file = proc.join(init_pid.to_string()).join("cgroup");
+    let text = std::fs::read_to_string(&file).map_err(err("read", &file))?;
+    let mut rel = text
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(|p| p.trim_start_matches('/').to_owned())
+        .ok_or_else(|| err("parse", &file)(std::io::Error::other("no cgroup v2 line")))?;
+    // After an agent restart the init already sits in the management leaf.
+    if let Some(parent) = rel.strip_suffix(&format!("/{MANAGEMENT}")) {
+        rel = parent.to_owned();
+    }
+    let seg = root.join(&rel);
+    if limits.workload_memory_bytes.is_some() {
+        await_own_namespace(&seg, proc, init_pid, controller)?;
+    }
+    enable_up_to(root, &rel, "pids")?;
+    let management = seg.join(MANAGEMENT);
+    std::fs::create_dir_all(&management).map_err(err("create", &management))?;
+    for pid in procs(&seg)? {
+        match std::fs::write(management.join("cgroup.procs"), pid.to_string()) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(nix::libc::ESRCH) => {}
+            Err(e) => return Err(err("move into", &management)(e)),
+        }
+    }
+    write(&seg.join("pids.max"), &limits.pids_max.to_string())?;
+    no_swap(&seg)?;
+    let Some(workload_bytes) = limits.workload_memory_bytes else {
+        return Ok(());
+    };
+    enable_children(&seg)?;
+    let work = seg.join(WORKLOAD);
+    std::fs::create_dir_all(&work).map_err(err("create", &work))?;
+    write(&work.join("memory.max"), &workload_bytes.to_string())?;
+    no_swap(&work)?;
+    delegate(
+        &work,
+        &["cgroup.procs", "cgroup.subtree_control", "cgroup.threads"],
+        limits.owner,
+    )
+}
+
+/// How long a Docker segment's supervisor may take to enter its cgroup
+/// namespace after the domain started.
+const NAMESPACE_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Waits until the Docker segment's supervisor (a process of the segment
+/// other than its init) runs in a cgroup namespace of its own: it must
+/// enter it while still in the segment's cgroup, before this moves it.
+fn await_own_namespace(
+    seg: &Path,
+    proc: &Path,
+    init_pid: u32,
+    controller: u32,
+) -> Result<(), CgroupError> {
+    let ns = |pid: u32| std::fs::read_link(proc.join(pid.to_string()).join("ns/cgroup")).ok();
+    let host_ns = ns(init_pid);
+    let deadline = std::time::Instant::now() + NAMESPACE_WAIT;
+    loop {
+        let mut members = procs(seg)?
+            .into_iter()
+            .chain(procs(&seg.join(MANAGEMENT)).unwrap_or_default());
+        if members
+            .any(|p| p != init_pid && p != controller && ns(p).is_some_and(|n| Some(n) != host_ns))
+        {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(err("wait for the supervisor's cgroup namespace in", seg)(
+                std::io::Error::other(format!("not entered within {NAMESPACE_WAIT:?}")),
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// Enables `controller` in every ancestor of `rel`, so the segment's
+/// cgroup has it (libvirt does not enable `pids`).
+fn enable_up_to(root: &Path, rel: &str, controller: &str) -> Result<(), CgroupError> {
+    let mut dir = root.to_path_buf();
+    for part in rel.split('/').filter(|p| !p.is_empty()) {
+        let control = dir.join("cgroup.subtree_control");
+        let enabled = std::fs::read_to_string(&control).map_err(err("read", &control))?;
+        if !enabled.split_whitespace().any(|c| c == controller) {
+            write(&control, &format!("+{controller}"))?;
+        }
+        dir = dir.join(part);
+    }
+    Ok(())
+}
+
+/// Enables for the segment's children every controller the segment has.
+fn enable_children(seg: &Path) -> Result<(), CgroupError> {
+    let available = seg.join("cgroup.controllers");
+    let text = std::fs::read_to_string(&available).map_err(err("read", &available))?;
+    let wanted: Vec<String> = text
+        .split_whitespace()
+        .filter(|c| ["cpu", "cpuset", "io", "memory", "pids"].contains(c))
+        .map(|c| format!("+{c}"))
+        .collect();
+    write(&seg.join("cgroup.subtree_control"), &wanted.join(" "))
+}
+
+fn no_swap(dir: &Path) -> Result<(), CgroupError> {
+    let swap: PathBuf = dir.join("memory.swap.max");
+    if swap.exists() {
+        write(&swap, "0")?;
+    }
+    Ok(())
+}

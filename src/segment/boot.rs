@@ -1,0 +1,55 @@
+//! Starting a segment's domain: libvirt starts it, then the agent takes the
+//! segment's cgroups in hand ([`crate::cgroups`]: every process placed,
+//! `pids.max`, the containers' capped cgroup, delegation) before anything
+//! of the customer can run: a Docker segment's supervisor starts no daemon
+//! until the hand-over. A segment whose cgroups cannot be set up does not
+//! keep running (fail closed: its process limit would be missing).
+
+use super::{Error, SegmentManager, spec::SegmentRecord};
+use crate::cgroups::SegmentLimits;
+use tracing::warn;
+
+impl SegmentManager {
+    /// Starts the domain of `record` and applies its cgroup limits; on a
+    /// failure of the latter the domain is stopped again.
+    pub(crate) async fn boot(&self, record: &SegmentRecord, docker: bool) -> Result<(), Error> {
+        let name = record.request.id.domain_name();
+        let n = name.clone();
+        self.blocking(move |hv| hv.start(&n)).await?;
+        if let Err(e) = self.take_in_hand(record, docker).await {
+            warn!(error = %e, "cgroup set-up failed; stopping the segment again");
+            let _ = self.blocking(move |hv| hv.destroy(&name)).await;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Removes leftovers of stopped segments' cgroups, off the runtime.
+    pub(crate) async fn sweep_cgroups(&self) {
+        let cgroups = self.cgroups.clone();
+        let _ = tokio::task::spawn_blocking(move || cgroups.sweep_stopped()).await;
+    }
+
+    /// The limits of a segment inside its domain's cgroup.
+    pub(crate) fn limits(&self, record: &SegmentRecord, docker: bool) -> SegmentLimits {
+        let iso = &self.settings.isolation;
+        let memory = u64::from(record.request.flavor.memory_mib) << 20;
+        let reserve = (u64::from(iso.management_memory_mib) << 20).min(memory / 4);
+        SegmentLimits {
+            pids_max: iso.pids_max,
+            workload_memory_bytes: docker.then(|| memory.saturating_sub(reserve)),
+            owner: record.ids.host_first,
+        }
+    }
+
+    async fn take_in_hand(&self, record: &SegmentRecord, docker: bool) -> Result<(), Error> {
+        let name = record.request.id.domain_name();
+        let pid = self.blocking(move |hv| hv.init_pid(&name)).await?;
+        let limits = self.limits(record, docker);
+        let cgroups = self.cgroups.clone();
+        tokio::task::spawn_blocking(move || cgroups.take_in_hand(pid, &limits))
+            .await
+            .map_err(|e| Error::Internal(format!("cgroup task: {e}")))?
+            .map_err(|e| Error::Internal(format!("setting up the segment's cgroups: {e}")))
+    }
+}
