@@ -275,16 +275,25 @@ pub fn issue_client_cert_for(
 /// Writes `ca.pem` and `server-cert.pem` (0644) and `server-key.pem` (0600)
 /// into `dir` (the segment's `/etc/docker`, created if missing), each
 /// atomically: a temporary file in `dir`, created 0600, written, fsynced,
-/// given its final mode, then renamed over the old file.
-pub fn write_docker_tls(dir: &Path, ca_pem: &str, server: &ServerCert) -> io::Result<()> {
+/// Writes the CA and the server certificate world-readable and read-only
+/// (0444), the server key readable by its owner only (0400) and owned by
+/// `key_owner` (the segment's root, who runs dockerd), into `dir`, each file
+/// atomically. The files stay host root's otherwise: nothing inside the
+/// segment can replace them.
+pub fn write_docker_tls(
+    dir: &Path,
+    ca_pem: &str,
+    server: &ServerCert,
+    key_owner: Option<u32>,
+) -> io::Result<()> {
     fs::create_dir_all(dir)?;
     let files = [
-        ("ca.pem", ca_pem, 0o644),
-        ("server-key.pem", &server.key_pem, 0o600),
-        ("server-cert.pem", &server.cert_pem, 0o644),
+        ("ca.pem", ca_pem, 0o444, None),
+        ("server-key.pem", &server.key_pem, 0o400, key_owner),
+        ("server-cert.pem", &server.cert_pem, 0o444, None),
     ];
-    for (name, text, mode) in files {
-        write_atomic(dir, name, text.as_bytes(), mode)?;
+    for (name, text, mode, owner) in files {
+        write_atomic_owned(dir, name, text.as_bytes(), mode, owner)?;
     }
     // Make the renames themselves durable.
     File::open(dir)?.sync_all()
@@ -293,10 +302,24 @@ pub fn write_docker_tls(dir: &Path, ca_pem: &str, server: &ServerCert) -> io::Re
 /// Writes `dir/name` atomically with `mode`: a temporary file created 0600,
 /// written, fsynced, given its mode, renamed over the old file.
 pub(crate) fn write_atomic(dir: &Path, name: &str, data: &[u8], mode: u32) -> io::Result<()> {
+    write_atomic_owned(dir, name, data, mode, None)
+}
+
+/// Like [`write_atomic`], the file owned by uid and gid `owner` if given.
+pub(crate) fn write_atomic_owned(
+    dir: &Path,
+    name: &str,
+    data: &[u8],
+    mode: u32,
+    owner: Option<u32>,
+) -> io::Result<()> {
     // NamedTempFile is created O_EXCL with mode 0600, so the key is never
     // readable by others, not even for an instant.
     let mut tmp = tempfile::Builder::new().prefix(".tls.").tempfile_in(dir)?;
     tmp.write_all(data)?;
+    if let Some(id) = owner {
+        std::os::unix::fs::fchown(tmp.as_file(), Some(id), Some(id))?;
+    }
     tmp.as_file()
         .set_permissions(Permissions::from_mode(mode))?;
     tmp.as_file().sync_all()?;

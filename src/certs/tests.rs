@@ -233,7 +233,7 @@ fn mutual_tls_handshake_with_issued_certificates() {
     let server = issue_server_cert(&ca, SEGMENT_IP, HOST, DAY, SystemTime::now()).unwrap();
     let (client_cert, client_key) = issue_client_cert(&ca, "e2e-client").unwrap();
     let dir = tempfile::tempdir().unwrap();
-    write_docker_tls(dir.path(), ca.cert_pem(), &server).unwrap();
+    write_docker_tls(dir.path(), ca.cert_pem(), &server, None).unwrap();
     write(dir.path(), "cert.pem", &client_cert);
     write(dir.path(), "key.pem", &client_key);
     let port = TcpListener::bind("127.0.0.1:0")
@@ -392,16 +392,23 @@ fn docker_tls_files_are_written_atomically_with_their_modes() {
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("etc/docker");
     let first = issue_server_cert(&ca, SEGMENT_IP, HOST, DAY, SystemTime::now()).unwrap();
-    write_docker_tls(&dir, ca.cert_pem(), &first).unwrap();
+    write_docker_tls(&dir, ca.cert_pem(), &first, None).unwrap();
     // A rebuild overwrites the previous files in place.
     let cert = issue_server_cert(&ca, SEGMENT_IP, HOST, DAY, SystemTime::now()).unwrap();
-    write_docker_tls(&dir, ca.cert_pem(), &cert).unwrap();
+    write_docker_tls(&dir, ca.cert_pem(), &cert, Some(4_000_000)).unwrap();
+    // The key belongs to the segment's root (dockerd); the rest to host root.
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        fs::metadata(dir.join("server-key.pem")).unwrap().uid(),
+        4_000_000
+    );
+    assert_eq!(fs::metadata(dir.join("ca.pem")).unwrap().uid(), 0);
     assert_eq!(read(&dir, "ca.pem"), ca.cert_pem());
     assert_eq!(read(&dir, "server-cert.pem"), cert.cert_pem);
     assert_eq!(read(&dir, "server-key.pem"), cert.key_pem);
-    assert_eq!(mode(&dir, "ca.pem"), 0o644);
-    assert_eq!(mode(&dir, "server-cert.pem"), 0o644);
-    assert_eq!(mode(&dir, "server-key.pem"), 0o600);
+    assert_eq!(mode(&dir, "ca.pem"), 0o444);
+    assert_eq!(mode(&dir, "server-cert.pem"), 0o444);
+    assert_eq!(mode(&dir, "server-key.pem"), 0o400);
     let mut names: Vec<_> = fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().file_name())
@@ -564,7 +571,7 @@ fn measure_issue_time() {
     let mut times: Vec<u128> = (0..20)
         .map(|_| {
             let start = Instant::now();
-            write_docker_tls(dir.path(), ca.cert_pem(), &server).unwrap();
+            write_docker_tls(dir.path(), ca.cert_pem(), &server, None).unwrap();
             start.elapsed().as_micros()
         })
         .collect();

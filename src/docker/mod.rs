@@ -39,8 +39,16 @@ pub const AUTHZ_BINARY: &str = "bin/segment-authz";
 /// container, and a cgroup v1 child gets only what its parent has.
 pub const CHAR_DEVICES: [&str; 2] = ["/dev/net/tun", "/dev/console"];
 
-/// The filesystems of a segment: its root, and for a Docker image
-/// `/var/lib/docker`, `/etc/docker` and the agent's tools (read-only).
+/// dockerd's data root inside a segment. Not under [`CUSTOMER_DATA`], so no
+/// bind a customer may ask for reaches Docker's own state.
+pub const DATA_ROOT: &str = "/var/lib/segment/docker";
+/// The customer data area: bind sources must lie under it (the policy), it
+/// holds no Docker or segment state, and it never follows symlinks.
+pub const CUSTOMER_DATA: &str = "/var/lib/docker";
+
+/// The filesystems of a segment: its root, and for a Docker image dockerd's
+/// data root, the customer data area, `/etc/docker` (read-only: the agent
+/// writes it from the host) and the agent's tools (read-only).
 pub fn segment_mounts(dirs: &SegmentDirs, tools_dir: &Path, docker: bool) -> Vec<FilesystemMount> {
     let mount = |source: &Path, target: &str, readonly| FilesystemMount {
         source: source.to_owned(),
@@ -50,8 +58,9 @@ pub fn segment_mounts(dirs: &SegmentDirs, tools_dir: &Path, docker: bool) -> Vec
     let mut mounts = vec![mount(&dirs.rootfs, "/", false)];
     if docker {
         mounts.extend([
-            mount(&dirs.docker_data, "/var/lib/docker", false),
-            mount(&dirs.docker_config, "/etc/docker", false),
+            mount(&dirs.docker_data, DATA_ROOT, false),
+            mount(&dirs.data, CUSTOMER_DATA, false),
+            mount(&dirs.docker_config, "/etc/docker", true),
             mount(tools_dir, TOOLS_MOUNT, true),
         ]);
     }
@@ -71,6 +80,9 @@ pub fn daemon_json() -> String {
         "tlscert": "/etc/docker/server-cert.pem",
         "tlskey": "/etc/docker/server-key.pem",
         "live-restore": true,
+        "data-root": DATA_ROOT,
+        // dockerd's identity key; /etc/docker is read-only to the segment.
+        "deprecated-key-path": format!("{DATA_ROOT}/key.json"),
         "authorization-plugins": [AUTHZ_PLUGIN],
         "log-level": "warn",
     });
@@ -80,9 +92,14 @@ pub fn daemon_json() -> String {
 /// Writes the TLS files, then `daemon.json` (the supervisor starts dockerd
 /// only once `daemon.json` exists, so it never sees half a configuration).
 /// Blocks (fsyncs).
-pub fn write_config(dir: &Path, ca_pem: &str, server: &ServerCert) -> io::Result<()> {
-    crate::certs::write_docker_tls(dir, ca_pem, server)?;
-    write_atomic(dir, "daemon.json", daemon_json().as_bytes(), 0o644)?;
+pub fn write_config(
+    dir: &Path,
+    ca_pem: &str,
+    server: &ServerCert,
+    key_owner: Option<u32>,
+) -> io::Result<()> {
+    crate::certs::write_docker_tls(dir, ca_pem, server, key_owner)?;
+    write_atomic(dir, "daemon.json", daemon_json().as_bytes(), 0o444)?;
     std::fs::File::open(dir)?.sync_all()
 }
 
@@ -157,7 +174,7 @@ mod tests {
             std::time::SystemTime::now(),
         )
         .unwrap();
-        write_config(dir.path(), &ca_pem, &server).unwrap();
+        write_config(dir.path(), &ca_pem, &server, None).unwrap();
         let mode = |f: &str| {
             std::fs::metadata(dir.path().join(f))
                 .unwrap()
@@ -165,8 +182,8 @@ mod tests {
                 .mode()
                 & 0o777
         };
-        assert_eq!(mode("server-key.pem"), 0o600);
-        assert_eq!(mode("daemon.json"), 0o644);
+        assert_eq!(mode("server-key.pem"), 0o400);
+        assert_eq!(mode("daemon.json"), 0o444);
         assert_eq!(
             std::fs::read_to_string(dir.path().join("ca.pem")).unwrap(),
             ca_pem
