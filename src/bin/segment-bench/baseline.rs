@@ -3,6 +3,12 @@
 
 use super::*;
 
+/// The host ids of the baseline's domains: far above the agent's block.
+const BASELINE_IDS: IdRange = IdRange {
+    host_first: 4_000_000_000,
+    count: 65_536,
+};
+
 pub(crate) fn virsh(args: &[&str]) -> Result<()> {
     virsh_output(args).map(drop)
 }
@@ -125,7 +131,7 @@ impl Baseline {
         ca_cert_pem: Option<String>,
     ) -> Result<Domain> {
         let id = SegmentId::parse(id).map_err(|e| anyhow!("{id}: {e}"))?;
-        let dirs = self.storage.prepare(&id, &self.image)?;
+        let dirs = self.storage.prepare(&id, &self.image, BASELINE_IDS)?;
         let docker = self.image.docker;
         let record = SegmentRecord {
             request: SegmentRequest {
@@ -144,6 +150,7 @@ impl Baseline {
             desired: Desired::Running,
             server_cert_not_after: docker
                 .then(|| SystemTime::now() + Duration::from_secs(365 * 86400)),
+            ids: BASELINE_IDS,
         };
         let filesystems = docker::segment_mounts(&dirs, &self.tools_dir, docker);
         let char_devices = match docker {
@@ -157,6 +164,7 @@ impl Baseline {
             vcpus: VCPUS,
             cpu_period_us: CPU_PERIOD_US,
             init: self.image.init.clone(),
+            idmap: BASELINE_IDS,
             filesystems,
             interface: NetworkInterface {
                 bridge: BRIDGE.into(),
@@ -247,6 +255,9 @@ impl Baseline {
             "-addext", "extendedKeyUsage=clientAuth",
         ])?;
         std::fs::copy(&ca.cert, etc.join("ca.pem"))?;
+        // dockerd runs as the segment's root, an unprivileged host uid.
+        let owner = Some(BASELINE_IDS.host_first);
+        std::os::unix::fs::chown(&server_key, owner, owner)?;
         // Last: the segment's supervisor starts dockerd once it exists.
         std::fs::write(etc.join("daemon.json"), docker::daemon_json())?;
         let config = t.elapsed();
@@ -257,6 +268,15 @@ impl Baseline {
 
         let t = Instant::now();
         virsh(&["start", &d.name])?;
+        // What any host must do before the segment's supervisor starts
+        // dockerd: place it, cap it, delegate the containers' cgroup.
+        let init = Libvirt::new("lxc:///").init_pid(&d.name)?;
+        let limits = SegmentLimits {
+            pids_max: 4096,
+            workload_memory_bytes: Some((u64::from(self.memory_mib) - 64) << 20),
+            owner: BASELINE_IDS.host_first,
+        };
+        HostCgroups::default().take_in_hand(init, &limits)?;
         let start = t.elapsed();
 
         let t = Instant::now();

@@ -29,7 +29,11 @@ use clap::Parser;
 use hyper_util::rt::TokioIo;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use segment_agent::{
-    certs, docker,
+    certs,
+    cgroups::{HostCgroups, SegmentCgroups, SegmentLimits},
+    docker,
+    hypervisor::{Hypervisor, libvirt::Libvirt},
+    idmap::IdRange,
     images::{Image, ImageStore},
     proto::agent::{
         ClusterTls, CreateSegmentRequest, DeleteSegmentRequest, Flavor, ListSegmentsRequest,
