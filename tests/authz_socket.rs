@@ -15,7 +15,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use segment_agent::docker::authz::{self, ServeError};
-use segment_agent::docker::resolver::FsResolver;
+use segment_agent::docker::resolver::KernelArea;
 use serde_json::{Value, json};
 use tokio::net::UnixStream;
 
@@ -57,13 +57,19 @@ async fn call(
 
 /// An `AuthZPlugin.AuthZReq` payload as dockerd builds it.
 fn authz_req(method: &str, uri: &str, body: Option<&str>) -> Value {
+    authz_req_typed(method, uri, body, "application/json")
+}
+
+/// The same with another `Content-Type` (dockerd forwards only the last
+/// value of a repeated header, and no body unless it is JSON).
+fn authz_req_typed(method: &str, uri: &str, body: Option<&str>, content_type: &str) -> Value {
     json!({
-        "User": "",
-        "UserAuthNMethod": "",
+        "User": "customer",
+        "UserAuthNMethod": "TLS",
         "RequestMethod": method,
         "RequestUri": uri,
         "RequestBody": body.map(|b| base64::engine::general_purpose::STANDARD.encode(b)),
-        "RequestHeaders": {"Content-Type": "application/json", "User-Agent": "Docker-Client/20.10.24+dfsg1 (linux)"},
+        "RequestHeaders": {"Content-Type": content_type, "User-Agent": "Docker-Client/20.10.24+dfsg1 (linux)"},
         "RequestPeerCertificates": null,
     })
 }
@@ -76,10 +82,11 @@ fn fixture_body(name: &str) -> String {
     text.split_once('\n').expect("request line").1.to_string()
 }
 
-/// A segment root with a volume whose data holds a symlink to `/`.
+/// A segment root whose data area holds a symlink to `/`, planted the
+/// way a container with `-v /var/lib/docker/x:/d` would.
 fn segment_root() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("var/lib/docker/volumes/v/_data");
+    let data = dir.path().join("var/lib/docker/x");
     std::fs::create_dir_all(&data).expect("mkdir");
     symlink("/", data.join("escape")).expect("symlink");
     dir
@@ -102,8 +109,8 @@ async fn serves_the_plugin_protocol() {
     assert_eq!(mode & 0o777, 0o600);
 
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let resolver = Arc::new(FsResolver::new(root.path()));
-    let server = tokio::spawn(authz::serve(listener, resolver, async {
+    let area = Arc::new(KernelArea::new(root.path()));
+    let server = tokio::spawn(authz::serve(listener, area, async {
         let _ = stopped.await;
     }));
 
@@ -116,7 +123,8 @@ async fn serves_the_plugin_protocol() {
     );
 
     let privileged = fixture_body("run_privileged");
-    let escape = r#"{"Image":"busybox","HostConfig":{"Binds":["/var/lib/docker/volumes/v/_data/escape/etc:/x"]}}"#;
+    let escape =
+        r#"{"Image":"busybox","HostConfig":{"Binds":["/var/lib/docker/x/escape/etc:/x"]}}"#;
     let cases = [
         (
             authz_req("POST", "/v1.41/containers/create", Some(&privileged)),
@@ -135,7 +143,50 @@ async fn serves_the_plugin_protocol() {
         (
             authz_req("POST", "/v1.41/containers/create", Some(escape)),
             false,
-            "SEGMENT-1011: bind mounts of host path \"/var/lib/docker/volumes/v/_data/escape/etc\" (resolves to \"/etc\") are not allowed by policy: only paths under /var/lib/docker may be bind-mounted",
+            "SEGMENT-1011: bind mounts of host path \"/var/lib/docker/x/escape/etc\" are not allowed by policy: /var/lib/docker/x/escape is a symbolic link (symbolic links, devices and mount points are not followed)",
+        ),
+        (
+            authz_req(
+                "POST",
+                "/v1.41/containers/create",
+                Some(r#"{"HostConfig":{"Binds":["/var/lib/docker/x/new/dir:/x"]}}"#),
+            ),
+            true,
+            "",
+        ),
+        (
+            authz_req("POST", "/v1.41/containers/x/frobnicate", None),
+            false,
+            "SEGMENT-1103: \"POST\" \"/containers/x/frobnicate\" is not an API route the policy knows and is refused",
+        ),
+        (
+            authz_req_typed(
+                "POST",
+                "/v1.41/build?t=x",
+                None,
+                "application/x-www-form-urlencoded",
+            ),
+            false,
+            "SEGMENT-1100: request bodies of type \"application/x-www-form-urlencoded\" carry parameters the policy cannot inspect and are refused",
+        ),
+        (
+            authz_req_typed("POST", "/v1.41/build?t=x", None, "application/x-tar"),
+            true,
+            "",
+        ),
+        (
+            authz_req("POST", "/v1.41/grpc", None),
+            false,
+            "SEGMENT-1025: BuildKit's raw gRPC API (POST /grpc, used by buildx; the policy cannot see inside it; use docker build) is not available in segments",
+        ),
+        (
+            authz_req(
+                "POST",
+                "/v1.23/containers/web/start",
+                Some(r#"{"HostConfig":{"Privileged":true}}"#),
+            ),
+            false,
+            "SEGMENT-1001: privileged containers are not allowed by policy",
         ),
         (
             authz_req("POST", "/v1.41/containers/create", None),

@@ -9,13 +9,13 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use segment_agent::docker::authz::{self, DEFAULT_SOCKET, PLUGIN_NAME};
-use segment_agent::docker::resolver::FsResolver;
+use segment_agent::docker::resolver::KernelArea;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info};
 
 const USAGE: &str = "usage: segment-authz [--socket PATH] [--root DIR] [--verbose]\n\
     \x20 --socket PATH  plugin socket (default /run/docker/plugins/segment-policy.sock)\n\
-    \x20 --root DIR     filesystem root for resolving bind-mount sources (default /)\n\
+    \x20 --root DIR     segment root whose var/lib/docker is the data area (default /)\n\
     \x20 --verbose      log allowed requests too";
 
 /// Command-line options.
@@ -95,14 +95,14 @@ async fn run(options: Options) -> ExitCode {
         }
     };
     info!(plugin = PLUGIN_NAME, socket = %options.socket.display(), root = %options.root.display(), "serving");
-    let resolver = Arc::new(FsResolver::new(&options.root));
+    let area = Arc::new(KernelArea::new(&options.root));
     let shutdown = async {
         tokio::select! {
             _ = term.recv() => info!("SIGTERM: shutting down"),
             _ = int.recv() => info!("SIGINT: shutting down"),
         }
     };
-    authz::serve(listener, resolver, shutdown).await;
+    authz::serve(listener, area, shutdown).await;
     if let Err(e) = std::fs::remove_file(&options.socket) {
         error!(error = %e, "cannot remove the plugin socket");
     }

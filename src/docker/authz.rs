@@ -34,7 +34,9 @@ use serde::{Deserialize, Serialize};
 use tokio::net::UnixListener;
 use tracing::{debug, info, warn};
 
-use crate::docker::policy::{Decision, PathResolver, Rule, evaluate};
+use std::collections::HashMap;
+
+use crate::docker::policy::{DataArea, Decision, Request as PolicyRequest, Rule, evaluate_request};
 
 /// The plugin name given to `dockerd --authorization-plugin`.
 pub const PLUGIN_NAME: &str = "segment-policy";
@@ -54,9 +56,16 @@ const CONTENT_TYPE: &str = "application/vnd.docker.plugins.v1+json";
 /// The fields of dockerd's `authorization.Request` that the policy reads.
 #[derive(Debug, Default, Deserialize)]
 pub struct AuthZRequest {
-    /// The authenticated user, if any (TLS client certificate subject).
+    /// The authenticated user, if any (TLS client certificate CN).
     #[serde(rename = "User", default)]
     pub user: Option<String>,
+    /// How the user was authenticated (`TLS` for a client certificate).
+    #[serde(rename = "UserAuthNMethod", default)]
+    pub user_authn_method: Option<String>,
+    /// The API request's headers (one value per name: the last, when
+    /// repeated), without `Authorization` and registry credentials.
+    #[serde(rename = "RequestHeaders", default)]
+    pub headers: Option<HashMap<String, String>>,
     /// HTTP method of the API request.
     #[serde(rename = "RequestMethod", default)]
     pub method: Option<String>,
@@ -97,8 +106,19 @@ impl From<&Decision> for AuthZResponse {
     }
 }
 
+impl AuthZRequest {
+    /// A header's value; names compare case-insensitively.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .as_ref()?
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
 /// Decides on one raw `AuthZPlugin.AuthZReq` payload.
-pub fn authorize(payload: &[u8], resolver: &dyn PathResolver) -> Decision {
+pub fn authorize(payload: &[u8], area: &dyn DataArea) -> Decision {
     let request: AuthZRequest = match serde_json::from_slice(payload) {
         Ok(r) => r,
         Err(e) => return protocol_error(format!("invalid JSON: {e}")),
@@ -115,7 +135,16 @@ pub fn authorize(payload: &[u8], resolver: &dyn PathResolver) -> Decision {
         Some(Ok(bytes)) => Some(bytes),
         Some(Err(e)) => return protocol_error(format!("RequestBody is not base64: {e}")),
     };
-    let decision = evaluate(method, uri, body.as_deref(), resolver);
+    let decision = evaluate_request(
+        &PolicyRequest {
+            method,
+            uri,
+            body: body.as_deref(),
+            content_type: request.header("Content-Type"),
+            user: request.user.as_deref(),
+        },
+        area,
+    );
     let user = request.user.as_deref().unwrap_or("");
     match decision.code() {
         Some(code) => info!(code, method, uri, user, "request refused"),
@@ -206,7 +235,7 @@ pub fn bind(path: &Path) -> Result<UnixListener, ServeError> {
 /// lets in-flight requests finish for a few seconds.
 pub async fn serve(
     listener: UnixListener,
-    resolver: Arc<dyn PathResolver>,
+    area: Arc<dyn DataArea>,
     shutdown: impl Future<Output = ()>,
 ) {
     let graceful = GracefulShutdown::new();
@@ -215,8 +244,8 @@ pub async fn serve(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    let resolver = Arc::clone(&resolver);
-                    let service = service_fn(move |req| handle(req, Arc::clone(&resolver)));
+                    let area = Arc::clone(&area);
+                    let service = service_fn(move |req| handle(req, Arc::clone(&area)));
                     let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
                     let conn = graceful.watch(conn);
                     tokio::spawn(async move {
@@ -245,7 +274,7 @@ pub async fn serve(
 
 async fn handle(
     req: Request<Incoming>,
-    resolver: Arc<dyn PathResolver>,
+    area: Arc<dyn DataArea>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     if req.method() != Method::POST {
         return Ok(json(
@@ -259,7 +288,7 @@ async fn handle(
             &serde_json::json!({"Implements": ["authz"]}),
         ),
         "/AuthZPlugin.AuthZReq" => {
-            let decision = authz_request(req.into_body(), resolver).await;
+            let decision = authz_request(req.into_body(), area).await;
             json(StatusCode::OK, &AuthZResponse::from(&decision))
         }
         "/AuthZPlugin.AuthZRes" => {
@@ -274,13 +303,13 @@ async fn handle(
     Ok(response)
 }
 
-async fn authz_request(body: Incoming, resolver: Arc<dyn PathResolver>) -> Decision {
+async fn authz_request(body: Incoming, area: Arc<dyn DataArea>) -> Decision {
     let payload = match Limited::new(body, MAX_AUTHZ_REQUEST).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) => return protocol_error(format!("cannot read the request: {e}")),
     };
-    // The resolver touches the filesystem: keep it off the async workers.
-    tokio::task::spawn_blocking(move || authorize(&payload, resolver.as_ref()))
+    // The data area is checked on the filesystem: keep it off the async workers.
+    tokio::task::spawn_blocking(move || authorize(&payload, area.as_ref()))
         .await
         .unwrap_or_else(|e| protocol_error(format!("policy evaluation failed: {e}")))
 }
@@ -308,7 +337,7 @@ fn json(status: StatusCode, value: &impl Serialize) -> Response<Full<Bytes>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::docker::policy::LexicalResolver;
+    use crate::docker::policy::LexicalArea;
 
     fn request(method: &str, uri: &str, body: Option<&str>) -> Vec<u8> {
         let body = body.map(|b| base64::engine::general_purpose::STANDARD.encode(b));
@@ -355,7 +384,7 @@ mod tests {
             (b"garbage".to_vec(), Some("SEGMENT-1102")),
         ];
         for (payload, want) in cases {
-            let got = authorize(&payload, &LexicalResolver);
+            let got = authorize(&payload, &LexicalArea);
             assert_eq!(got.code(), want, "{}", String::from_utf8_lossy(&payload));
         }
     }
@@ -370,7 +399,7 @@ mod tests {
         ];
         for (name, want) in cases {
             let payload = std::fs::read(dir.join(name)).unwrap();
-            assert_eq!(authorize(&payload, &LexicalResolver).code(), want, "{name}");
+            assert_eq!(authorize(&payload, &LexicalArea).code(), want, "{name}");
         }
     }
 

@@ -30,9 +30,9 @@ fn fixture(name: &str) -> Fixture {
     }
 }
 
-fn run(f: &Fixture, uri: &str, resolver: &dyn PathResolver) -> Decision {
+fn run(f: &Fixture, uri: &str, area: &dyn DataArea) -> Decision {
     let body = (!f.body.is_empty()).then_some(f.body.as_slice());
-    evaluate(&f.method, uri, body, resolver)
+    evaluate(&f.method, uri, body, area)
 }
 
 /// Every captured CLI request and the code it must get (`None`: allowed).
@@ -108,7 +108,7 @@ fn cli_requests_with_and_without_version_prefix() {
         let f = fixture(name);
         let unversioned = f.uri.strip_prefix("/v1.41").unwrap().to_string();
         for uri in [f.uri.as_str(), unversioned.as_str()] {
-            let got = run(&f, uri, &LexicalResolver);
+            let got = run(&f, uri, &LexicalArea);
             assert_eq!(got.code(), *want, "{name}: {} {uri} -> {got}", f.method);
         }
     }
@@ -160,7 +160,7 @@ fn messages_name_the_rule() {
     ];
     for (name, want) in cases {
         let f = fixture(name);
-        assert_eq!(run(&f, &f.uri, &LexicalResolver).to_string(), want);
+        assert_eq!(run(&f, &f.uri, &LexicalArea).to_string(), want);
     }
 }
 
@@ -174,7 +174,7 @@ fn cgroup_parent() {
         let f = fixture(name);
         let body = String::from_utf8(f.body.clone()).unwrap();
         assert!(body.contains(r#""CgroupParent":"""#), "{name}");
-        assert_eq!(run(&f, &f.uri, &LexicalResolver), Decision::Allow, "{name}");
+        assert_eq!(run(&f, &f.uri, &LexicalArea), Decision::Allow, "{name}");
     }
     // `EXTRA` becomes `,"CgroupParent":VALUE` (key case-folded), or nothing.
     let positions = [
@@ -213,7 +213,7 @@ fn cgroup_parent() {
             for (value, want) in values {
                 let extra = value.map_or(String::new(), |v| format!(r#","{key}":{v}"#));
                 let body = template.replace("EXTRA", &extra);
-                let got = evaluate("POST", uri, Some(body.as_bytes()), &LexicalResolver);
+                let got = evaluate("POST", uri, Some(body.as_bytes()), &LexicalArea);
                 assert_eq!(got.code(), *want, "POST {uri} {body} -> {got}");
             }
         }
@@ -224,7 +224,7 @@ fn cgroup_parent() {
         "POST",
         "/v1.41/containers/create",
         Some(br#"{"HostConfig":{"CgroupParent":"","cgroupParent":"/"}}"#),
-        &LexicalResolver,
+        &LexicalArea,
     );
     assert_eq!(got.code(), Some("SEGMENT-1101"), "{got}");
 }
@@ -492,7 +492,7 @@ const RAW_CASES: &[(&str, &str, Option<&str>, Option<&str>)] = &[
         Some(
             r#"{"Name":"v","DriverOpts":{"type":"nfs","o":"addr=198.51.100.7,rw","device":":/export"}}"#,
         ),
-        None,
+        Some("SEGMENT-1011"),
     ),
     (
         "POST",
@@ -609,79 +609,68 @@ const RAW_CASES: &[(&str, &str, Option<&str>, Option<&str>)] = &[
 #[test]
 fn raw_api_requests() {
     for (method, uri, body, want) in RAW_CASES {
-        let got = evaluate(method, uri, body.map(str::as_bytes), &LexicalResolver);
+        let got = evaluate(method, uri, body.map(str::as_bytes), &LexicalArea);
         assert_eq!(got.code(), *want, "{method} {uri} {body:?} -> {got}");
     }
 }
 
-/// A fake segment filesystem: `(link, target)` prefix rewrites, applied
-/// until none matches; more than 40 rewrites is a loop.
-struct Links(&'static [(&'static str, &'static str)]);
+/// A fake data area: the listed paths (relative to the area) are symlinks.
+struct Links(&'static [&'static str]);
 
-impl PathResolver for Links {
-    fn resolve(&self, path: &Path) -> Option<PathBuf> {
-        let mut current = path.to_path_buf();
-        for _ in 0..40 {
-            let rewrite = self.0.iter().find_map(|(link, target)| {
-                Some(Path::new(target).join(current.strip_prefix(link).ok()?))
-            });
-            match rewrite {
-                Some(next) => current = next,
-                None => return Some(current),
+impl DataArea for Links {
+    fn check(&self, below: &Path) -> Result<(), AreaRefusal> {
+        let mut walked = PathBuf::new();
+        for c in below.components() {
+            walked.push(c);
+            if self.0.iter().any(|l| Path::new(l) == walked) {
+                return Err(AreaRefusal::Symlink(
+                    Path::new(ALLOWED_BIND_ROOT).join(&walked),
+                ));
             }
         }
-        None
+        Ok(())
     }
 }
 
 #[test]
-fn symlinks_are_resolved_on_the_segment() {
-    const SEGMENT: Links = Links(&[
-        ("/var/lib/docker/volumes/v/_data/root", "/"),
-        ("/var/lib/docker/volumes/v/_data/etc", "/etc"),
-        (
-            "/var/lib/docker/volumes/v/_data/sibling",
-            "/var/lib/docker/containers",
-        ),
-        ("/var/lib/docker/loop", "/var/lib/docker/loop"),
-    ]);
-    const MOVED_ROOT: Links = Links(&[("/var/lib/docker", "/srv/docker")]);
-    let cases: &[(&Links, &str, Option<&str>)] = &[
-        (
-            &SEGMENT,
-            "/var/lib/docker/volumes/v/_data/root",
-            Some("SEGMENT-1011"),
-        ),
-        (
-            &SEGMENT,
-            "/var/lib/docker/volumes/v/_data/etc/passwd",
-            Some("SEGMENT-1011"),
-        ),
-        (&SEGMENT, "/var/lib/docker/volumes/v/_data/sibling", None),
-        (
-            &SEGMENT,
-            "/var/lib/docker/volumes/v/_data/missing/dir",
-            None,
-        ),
-        (&SEGMENT, "/var/lib/docker/loop/x", Some("SEGMENT-1011")),
-        (&MOVED_ROOT, "/var/lib/docker/volumes/v/_data", None),
-        (&MOVED_ROOT, "/srv/docker/volumes/v/_data", None),
-        (&MOVED_ROOT, "/srv/dockerfoo", Some("SEGMENT-1011")),
+fn bind_sources_are_checked_by_the_data_area() {
+    const AREA: Links = Links(&["x/root", "x/sibling", "loop"]);
+    let cases: &[(&str, Option<&str>)] = &[
+        ("/var/lib/docker/x/root", Some("SEGMENT-1011")),
+        ("/var/lib/docker/x/root/etc/passwd", Some("SEGMENT-1011")),
+        // A link that stays inside the area is refused as well: its target
+        // may be swapped before dockerd mounts it.
+        ("/var/lib/docker/x/sibling", Some("SEGMENT-1011")),
+        ("/var/lib/docker/x/missing/dir", None),
+        ("/var/lib/docker/loop/x", Some("SEGMENT-1011")),
+        ("/var/lib/docker/x/root/../y", Some("SEGMENT-1011")),
+        ("/var/lib/docker/x/y/../y", None),
+        ("/var/lib/docker/../lib/docker/x", Some("SEGMENT-1011")),
+        ("/var/lib/docker/x", None),
+        ("/srv/dockerfoo", Some("SEGMENT-1011")),
+        ("/var/lib/dockerfoo", Some("SEGMENT-1011")),
     ];
-    for (resolver, source, want) in cases {
+    for (source, want) in cases {
         let binds = format!(r#"{{"HostConfig":{{"Binds":["{source}:/x"]}}}}"#);
         let mounts = format!(
             r#"{{"HostConfig":{{"Mounts":[{{"Type":"bind","Source":"{source}","Target":"/x"}}]}}}}"#
         );
         let volume =
             format!(r#"{{"DriverOpts":{{"type":"none","o":"bind","device":"{source}"}}}}"#);
+        let service = format!(
+            r#"{{"TaskTemplate":{{"ContainerSpec":{{"Mounts":[{{"Type":"bind","Source":"{source}","Target":"/x"}}]}}}}}}"#
+        );
+        let legacy_start = format!(r#"{{"Binds":["{source}:/x"]}}"#);
         for (uri, body) in [
             ("/v1.41/containers/create", &binds),
             ("/v1.41/containers/create", &mounts),
+            ("/v1.23/containers/c/start", &binds),
+            ("/v1.23/containers/c/start", &legacy_start),
             ("/v1.41/volumes/create", &volume),
+            ("/v1.41/services/create", &service),
         ] {
-            let got = evaluate("POST", uri, Some(body.as_bytes()), *resolver);
-            assert_eq!(got.code(), *want, "{source} via {body} -> {got}");
+            let got = evaluate("POST", uri, Some(body.as_bytes()), &AREA);
+            assert_eq!(got.code(), *want, "{source} via {uri} {body} -> {got}");
         }
     }
 }
