@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use super::*;
 
+mod raw;
+
 /// A fixture: first line `METHOD URI`, then the raw body.
 struct Fixture {
     method: String,
@@ -100,6 +102,49 @@ const CLI_CASES: &[(&str, Option<&str>)] = &[
     ("run_cgroup_parent_root", Some("SEGMENT-1014")),
     ("run_cgroup_parent_docker_abs", Some("SEGMENT-1014")),
     ("run_cgroup_parent_docker_rel", Some("SEGMENT-1014")),
+    // Fields the CLI exposes rarely, and what the raw API takes.
+    ("run_sysctl_safe", None),
+    ("run_oom_score_positive", None),
+    ("run_bind_rprivate", None),
+    ("run_log_driver_local", None),
+    ("run_publish", None),
+    ("start_plain", None),
+    ("commit_changes", None),
+    ("cp_into", None),
+    ("network_create_plain", None),
+    ("network_create_mtu", None),
+    ("build_plain", None),
+    ("build_network_custom", Some("SEGMENT-1015")),
+    ("build_network_container", Some("SEGMENT-1015")),
+    ("build_isolation", Some("SEGMENT-1015")),
+    ("build_cgroup_parent", Some("SEGMENT-1014")),
+    ("run_runtime", Some("SEGMENT-1016")),
+    ("run_sysctl_unsafe", Some("SEGMENT-1017")),
+    ("service_create_sysctl", Some("SEGMENT-1017")),
+    ("run_oom_score_negative", Some("SEGMENT-1018")),
+    ("run_oom_kill_disable", Some("SEGMENT-1018")),
+    ("run_cpu_rt_runtime", Some("SEGMENT-1018")),
+    ("update_cpu_rt", Some("SEGMENT-1018")),
+    ("run_bind_rshared", Some("SEGMENT-1019")),
+    ("run_mount_bind_rslave", Some("SEGMENT-1019")),
+    ("service_create_bind_rshared", Some("SEGMENT-1019")),
+    ("run_volume_driver", Some("SEGMENT-1020")),
+    ("run_mount_volume_driver", Some("SEGMENT-1020")),
+    ("volume_create_driver", Some("SEGMENT-1020")),
+    ("run_log_driver_syslog", Some("SEGMENT-1021")),
+    ("service_create_log_driver", Some("SEGMENT-1021")),
+    ("run_isolation", Some("SEGMENT-1022")),
+    ("run_storage_opt", Some("SEGMENT-1022")),
+    ("service_create_isolation", Some("SEGMENT-1022")),
+    ("service_create_generic_resource", Some("SEGMENT-1005")),
+    ("volume_create_nfs", Some("SEGMENT-1011")),
+    ("network_create_macvlan", Some("SEGMENT-1023")),
+    ("network_create_ipvlan", Some("SEGMENT-1023")),
+    ("network_create_bridge_name", Some("SEGMENT-1023")),
+    ("network_create_config_only", Some("SEGMENT-1023")),
+    ("swarm_init", Some("SEGMENT-1024")),
+    ("swarm_join", Some("SEGMENT-1024")),
+    ("swarm_leave", Some("SEGMENT-1024")),
 ];
 
 #[test]
@@ -229,388 +274,56 @@ fn cgroup_parent() {
     assert_eq!(got.code(), Some("SEGMENT-1101"), "{got}");
 }
 
-/// Hand-written requests: raw API calls the CLI never makes.
-const RAW_CASES: &[(&str, &str, Option<&str>, Option<&str>)] = &[
-    // Deprecated top-level HostConfig fields, Go's case-insensitive keys.
-    (
-        "POST",
-        "/v1.41/containers/create",
-        Some(r#"{"Image":"busybox","Privileged":true}"#),
-        Some("SEGMENT-1001"),
-    ),
-    (
-        "POST",
-        "/v1.41/containers/create",
-        Some(r#"{"Image":"busybox","hostconfig":{"privileged":true}}"#),
-        Some("SEGMENT-1001"),
-    ),
-    (
-        "POST",
-        "/v1.41/containers/create",
-        Some(r#"{"Image":"busybox","Binds":["/etc:/x"]}"#),
-        Some("SEGMENT-1011"),
-    ),
-    (
-        "POST",
-        "/v1.41/containers/create",
-        Some(r#"{"HostConfig":{"Bind\u017f":["/etc:/x"]}}"#),
-        Some("SEGMENT-1011"),
-    ),
-    (
-        "POST",
-        "/v1.41/containers/create",
-        Some(r#"{"HostConfig":{"CapAdd":"SYS_ADMIN"}}"#),
-        Some("SEGMENT-1002"),
-    ),
-    (
-        "POST",
-        "/v1.41/containers/create",
-        Some(r#"{"HostConfig":{"Capabilities":["CAP_SYS_ADMIN"]}}"#),
-        Some("SEGMENT-1002"),
-    ),
-    (
-        "POST",
-        "/v1.41/containers/create",
-        Some(r#"{"HostConfig":{"PidMode":"HOST"}}"#),
-        Some("SEGMENT-1006"),
-    ),
-    (
-        "POST",
-        "/v1.41/containers/create",
-        Some(r#"{"HostConfig":{"SecurityOpt":["disable"]}}"#),
-        Some("SEGMENT-1004"),
-    ),
-    (
-        "POST",
-        "/v1.41/containers/create",
-        Some(r#"{"HostConfig":{"MaskedPaths":["/proc/kcore"]}}"#),
-        Some("SEGMENT-1004"),
-    ),
-    (
-        "POST",
-        "/v1.41/containers/create",
-        Some(r#"{"HostConfig":{"ReadonlyPaths":[]}}"#),
-        Some("SEGMENT-1004"),
-    ),
-    (
-        "POST",
-        "/v1.41/containers/create",
-        Some(
-            r#"{"HostConfig":{"ReadonlyPaths":["/proc/bus","/proc/fs","/proc/irq","/proc/sys","/proc/sysrq-trigger","/extra"]}}"#,
-        ),
-        None,
-    ),
-    (
-        "POST",
-        "/v1.41/containers/create",
-        Some(r#"{"HostConfig":{"Mounts":[{"Type":"BIND","Source":"/etc","Target":"/x"}]}}"#),
-        Some("SEGMENT-1011"),
-    ),
-    (
-        "POST",
-        "/v1.41/containers/create",
-        Some(r#"{"HostConfig":{"Mounts":[{"Source":"/etc","Target":"/x"}]}}"#),
-        Some("SEGMENT-1011"),
-    ),
-    (
-        "POST",
-        "/v1.41/containers/create",
-        Some(r#"{"HostConfig":{"Mounts":[{"Type":"bind","Source":"etc","Target":"/x"}]}}"#),
-        Some("SEGMENT-1011"),
-    ),
-    (
-        "POST",
-        "/v1.41/containers/create",
-        Some(
-            r#"{"HostConfig":{"Mounts":[{"type":"bind","source":"/var/lib/docker/x","target":"/x"}]}}"#,
-        ),
-        None,
-    ),
-    (
-        "POST",
-        "/v1.41/containers/create",
-        Some(r#"{"HostConfig":{"Binds":["/var/lib/docker/x/../../../../etc/shadow:/x:ro"]}}"#),
-        Some("SEGMENT-1011"),
-    ),
-    (
-        "POST",
-        "/v1.41/containers/create",
-        Some(r#"{"HostConfig":{"Binds":["/var/lib/docker\u0000/x:/x"]}}"#),
-        Some("SEGMENT-1011"),
-    ),
-    // Fail closed on bodies the policy cannot read as dockerd would.
-    (
-        "POST",
-        "/v1.41/containers/create",
-        Some(r#"{"HostConfig":{"Privileged":false,"privileged":true}}"#),
-        Some("SEGMENT-1101"),
-    ),
-    (
-        "POST",
-        "/v1.41/containers/create",
-        Some(r#"{"HostConfig":{},"HostConfig":{"Privileged":true}}"#),
-        Some("SEGMENT-1101"),
-    ),
-    (
-        "POST",
-        "/v1.41/containers/create",
-        Some(r#"{"HostConfig":{"Privileged":"true"}}"#),
-        Some("SEGMENT-1101"),
-    ),
-    (
-        "POST",
-        "/v1.41/containers/create",
-        Some(r#"[{"HostConfig":{}}]"#),
-        Some("SEGMENT-1101"),
-    ),
-    (
-        "POST",
-        "/v1.41/containers/create",
-        Some(r#"{"Image":"busybox"} {"Privileged":true}"#),
-        Some("SEGMENT-1101"),
-    ),
-    (
-        "POST",
-        "/v1.41/containers/create",
-        Some("not json"),
-        Some("SEGMENT-1101"),
-    ),
-    (
-        "POST",
-        "/v1.41/containers/create",
-        None,
-        Some("SEGMENT-1100"),
-    ),
-    (
-        "POST",
-        "/v1.41/containers/create",
-        Some(""),
-        Some("SEGMENT-1100"),
-    ),
-    (
-        "POST",
-        "/v1.41/containers/create",
-        Some(r#"{"Image":"busybox","Labels":{"a":"1","A":"2"}}"#),
-        None,
-    ),
-    // Router tricks: dockerd routes on the decoded, cleaned path.
-    (
-        "POST",
-        "/v1.41/containers/%63reate",
-        Some(r#"{"HostConfig":{"Privileged":true}}"#),
-        Some("SEGMENT-1001"),
-    ),
-    (
-        "POST",
-        "http://docker/v1.41/containers/create",
-        Some(r#"{"HostConfig":{"Privileged":true}}"#),
-        Some("SEGMENT-1001"),
-    ),
-    (
-        "post",
-        "/v1.41//containers/create/",
-        Some(r#"{"HostConfig":{"Privileged":true}}"#),
-        Some("SEGMENT-1001"),
-    ),
-    // Before API 1.24 `start` applies a HostConfig sent in its body.
-    (
-        "POST",
-        "/v1.23/containers/web/start",
-        Some(r#"{"Privileged":true}"#),
-        Some("SEGMENT-1001"),
-    ),
-    (
-        "POST",
-        "/v1.23/containers/web/start",
-        Some(r#"{"Binds":["/:/host"]}"#),
-        Some("SEGMENT-1011"),
-    ),
-    (
-        "POST",
-        "/v1.23/containers/web/start",
-        None,
-        Some("SEGMENT-1100"),
-    ),
-    ("POST", "/v1.23/containers/web/start", Some("{}"), None),
-    ("POST", "/v1.41/containers/web/start", None, None),
-    ("POST", "/containers/web/start", None, None),
-    // Update cannot change privileges; device fields are refused anyway.
-    (
-        "POST",
-        "/v1.41/containers/web/update",
-        Some(
-            r#"{"Devices":[{"PathOnHost":"/dev/sda","PathInContainer":"/dev/sda","CgroupPermissions":"rwm"}]}"#,
-        ),
-        Some("SEGMENT-1005"),
-    ),
-    (
-        "POST",
-        "/v1.41/containers/web/update",
-        Some(r#"{"DeviceCgroupRules":["a *:* rwm"]}"#),
-        Some("SEGMENT-1005"),
-    ),
-    (
-        "POST",
-        "/v1.41/containers/web/update",
-        None,
-        Some("SEGMENT-1100"),
-    ),
-    (
-        "POST",
-        "/v1.41/containers/web/exec",
-        None,
-        Some("SEGMENT-1100"),
-    ),
-    (
-        "POST",
-        "/v1.41/containers/web/exec",
-        Some(r#"{"privileged":true,"Cmd":["sh"]}"#),
-        Some("SEGMENT-1001"),
-    ),
-    // Volumes of the local driver.
-    (
-        "POST",
-        "/v1.41/volumes/create",
-        Some(r#"{"Name":"v","DriverOpts":{"type":"none","o":"rbind,ro","device":"/"}}"#),
-        Some("SEGMENT-1011"),
-    ),
-    (
-        "POST",
-        "/v1.41/volumes/create",
-        Some(r#"{"Name":"v","DriverOpts":{"type":"tmpfs","o":"bind","device":"/etc"}}"#),
-        Some("SEGMENT-1011"),
-    ),
-    (
-        "POST",
-        "/v1.41/volumes/create",
-        Some(r#"{"Name":"v","DriverOpts":{"type":"none","o":"bind","device":"etc"}}"#),
-        Some("SEGMENT-1011"),
-    ),
-    (
-        "POST",
-        "/v1.41/volumes/create",
-        Some(
-            r#"{"Name":"v","DriverOpts":{"type":"nfs","o":"addr=198.51.100.7,rw","device":":/export"}}"#,
-        ),
-        Some("SEGMENT-1011"),
-    ),
-    (
-        "POST",
-        "/v1.41/volumes/create",
-        Some(r#"{"Name":"v"}"#),
-        None,
-    ),
-    ("POST", "/v1.41/volumes/create", None, Some("SEGMENT-1100")),
-    // Services: updates carry the whole spec.
-    (
-        "POST",
-        "/v1.41/services/web/update?version=7",
-        Some(
-            r#"{"TaskTemplate":{"ContainerSpec":{"Image":"busybox","CapabilityAdd":["CAP_SYS_ADMIN"]}}}"#,
-        ),
-        Some("SEGMENT-1002"),
-    ),
-    (
-        "POST",
-        "/v1.41/services/web/update?version=7",
-        Some(r#"{"TaskTemplate":{"ContainerSpec":{"Image":"busybox"}}}"#),
-        None,
-    ),
-    (
-        "POST",
-        "/v1.41/services/create",
-        Some(r#"{"TaskTemplate":{"Runtime":"plugin","PluginSpec":{"Name":"evil"}}}"#),
-        Some("SEGMENT-1012"),
-    ),
-    (
-        "POST",
-        "/v1.41/services/create",
-        Some(
-            r#"{"TaskTemplate":{"ContainerSpec":{"Image":"busybox","Privileges":{"SELinuxContext":{"Disable":true}}}}}"#,
-        ),
-        Some("SEGMENT-1004"),
-    ),
-    (
-        "POST",
-        "/v1.41/services/create",
-        Some(
-            r#"{"TaskTemplate":{"ContainerSpec":{"Image":"busybox","Privileges":{"Seccomp":{"Mode":"unconfined"}}}}}"#,
-        ),
-        Some("SEGMENT-1004"),
-    ),
-    (
-        "POST",
-        "/v1.41/services/create",
-        Some(
-            r#"{"TaskTemplate":{"ContainerSpec":{"Image":"busybox","Privileges":{"AppArmor":{"Mode":"disabled"}}}}}"#,
-        ),
-        Some("SEGMENT-1004"),
-    ),
-    (
-        "POST",
-        "/v1.41/services/create",
-        Some(
-            r#"{"TaskTemplate":{"ContainerSpec":{"Image":"busybox","Privileges":{"NoNewPrivileges":true}}}}"#,
-        ),
-        None,
-    ),
-    ("POST", "/v1.41/services/create", None, Some("SEGMENT-1100")),
-    // Plugins and builds.
-    (
-        "POST",
-        "/v1.41/plugins/vieux/sshfs:latest/upgrade?remote=vieux%2Fsshfs",
-        Some("[]"),
-        Some("SEGMENT-1012"),
-    ),
-    (
-        "POST",
-        "/v1.41/plugins/vieux/sshfs:latest/enable?timeout=0",
-        None,
-        None,
-    ),
-    (
-        "GET",
-        "/v1.41/plugins/privileges?remote=vieux%2Fsshfs",
-        None,
-        None,
-    ),
-    (
-        "POST",
-        "/v1.41/build?version=2&entitlements=security.insecure",
-        None,
-        Some("SEGMENT-1013"),
-    ),
-    (
-        "POST",
-        "/v1.41/build?version=2&x=security%2Einsecure",
-        None,
-        Some("SEGMENT-1013"),
-    ),
-    (
-        "POST",
-        "/v1.41/build?version=2&networkmode=host&session=abc",
-        None,
-        None,
-    ),
-    ("POST", "/session", None, None),
-    // The rest of the API is untouched.
-    ("GET", "/v1.41/containers/json?all=1", None, None),
-    ("DELETE", "/v1.41/containers/web?force=1", None, None),
-    ("POST", "/v1.41/containers/web/kill?signal=KILL", None, None),
-    (
-        "POST",
-        "/v1.41/images/create?fromImage=busybox&tag=latest",
-        None,
-        None,
-    ),
-    ("HEAD", "/_ping", None, None),
-];
-
 #[test]
-fn raw_api_requests() {
-    for (method, uri, body, want) in RAW_CASES {
-        let got = evaluate(method, uri, body.map(str::as_bytes), &LexicalArea);
-        assert_eq!(got.code(), *want, "{method} {uri} {body:?} -> {got}");
+fn form_bodies_are_refused_on_every_route() {
+    let cases: &[(&str, &str, Option<&str>, Option<&str>)] = &[
+        (
+            "POST",
+            "/v1.41/build?t=x",
+            Some("application/x-www-form-urlencoded"),
+            Some("SEGMENT-1100"),
+        ),
+        (
+            "POST",
+            "/v1.41/build?t=x",
+            Some("multipart/form-data; boundary=x"),
+            Some("SEGMENT-1100"),
+        ),
+        (
+            "POST",
+            "/v1.41/build?t=x",
+            Some("Application/X-WWW-Form-Urlencoded"),
+            Some("SEGMENT-1100"),
+        ),
+        (
+            "POST",
+            "/v1.41/containers/web/start",
+            Some("application/x-www-form-urlencoded"),
+            Some("SEGMENT-1100"),
+        ),
+        ("POST", "/v1.41/build?t=x", Some("application/x-tar"), None),
+        ("POST", "/v1.41/build?t=x", None, None),
+        (
+            "POST",
+            "/v1.41/images/load",
+            Some("application/x-tar"),
+            None,
+        ),
+    ];
+    for (method, uri, content_type, want) in cases {
+        let request = Request {
+            method,
+            uri,
+            body: None,
+            content_type: *content_type,
+            user: Some("customer"),
+        };
+        let got = evaluate_request(&request, &LexicalArea);
+        assert_eq!(
+            got.code(),
+            *want,
+            "{method} {uri} {content_type:?} -> {got}"
+        );
     }
 }
 
