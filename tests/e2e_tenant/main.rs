@@ -10,3 +10,5 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+
+mod policy;
