@@ -173,17 +173,21 @@ async fn raw_api_attacks_are_refused() {
             Some((JSON, r#"{"UnlockKey":"x"}"#)),
             "SEGMENT-1024",
         ),
-        (
-            "POST",
-            "/v1.41/containers/victim/frobnicate",
-            None,
-            "SEGMENT-1103",
-        ),
-        ("PATCH", "/v1.41/containers/victim", None, "SEGMENT-1103"),
     ];
     for (method, path, body, code) in attacks {
         let raw = curl(&cli, &ip, method, path, *body);
         assert_raw_refused(&raw, code, &format!("{method} {path} {body:?}"));
+    }
+
+    // A path no route of dockerd matches never reaches a handler (dockerd
+    // answers 404 before authorization); SEGMENT-1103 is for routes of a
+    // newer dockerd that the policy does not know yet.
+    for (method, path) in [
+        ("POST", "/v1.41/containers/victim/frobnicate"),
+        ("PATCH", "/v1.41/containers/victim"),
+    ] {
+        let raw = curl(&cli, &ip, method, path, None);
+        assert_eq!(raw.status, 404, "{method} {path}: {}", raw.body);
     }
 
     // The daemon's normal API over the same raw path still works.
@@ -361,9 +365,12 @@ async fn cli_attacks_are_refused() {
         assert_refused(&stderr, code, &format!("docker {args:?}"));
     }
     let networks = cli.ok(&["network", "ls", "--format", "{{.Name}}"]);
-    assert!(
-        !networks.contains("mv") && !networks.contains("br"),
-        "{networks}"
+    let mut networks: Vec<&str> = networks.lines().collect();
+    networks.sort();
+    assert_eq!(
+        networks,
+        ["bridge", "host", "none"],
+        "refused networks were created"
     );
     let volumes = cli.ok(&["volume", "ls", "--format", "{{.Name}}"]);
     assert!(
@@ -388,13 +395,19 @@ async fn allowed_usage_still_works() {
     .unwrap();
     let ctx = ctx.to_str().unwrap();
 
-    // Builds without flags, classic and BuildKit (POST /session + /build).
+    // Builds without flags, classic and BuildKit. BuildKit through the
+    // 20.10 CLI of Debian's docker.io (`/usr/bin/docker`): it speaks
+    // POST /session + POST /build; a newer CLI hands builds to buildx,
+    // whose docker driver uses POST /grpc (refused, see SEGMENT-1025).
     cli.ok(&["build", "-q", "-t", "classic", ctx]);
     assert_eq!(cli.ok(&["run", "--rm", "classic", "cat", "/f"]), "built");
-    let out = cli.run_env(
-        &[("DOCKER_BUILDKIT", "1")],
-        &["build", "-q", "-t", "kit", ctx],
-    );
+    let debian_cli = [
+        ("PATH", "/usr/bin:/bin:/usr/sbin:/sbin"),
+        ("DOCKER_BUILDKIT", "1"),
+    ];
+    let version = cli.run_env(&debian_cli, &["version", "--format", "{{.Client.Version}}"]);
+    assert!(version.stdout.starts_with("20.10."), "{version:?}");
+    let out = cli.run_env(&debian_cli, &["build", "-q", "-t", "kit", ctx]);
     assert!(out.success, "DOCKER_BUILDKIT=1 docker build: {out:?}");
     assert_eq!(cli.ok(&["run", "--rm", "kit", "cat", "/f"]), "built");
     cli.ok(&["build", "-q", "--network", "host", "-t", "hostnet", ctx]);
@@ -448,7 +461,7 @@ async fn allowed_usage_still_works() {
         "run",
         "--rm",
         "-v",
-        "/var/lib/docker/tp:/d:ro,rprivate",
+        "/var/lib/docker/tp:/d:ro",
         "busybox",
         "cat",
         "/d/new/dir/f",
@@ -553,6 +566,10 @@ async fn bind_sources_are_checked_by_the_kernel() {
         "1",
         "1",
     ]);
+    assert!(
+        mknod.success || mknod.stderr.contains("Operation not permitted"),
+        "mknod either works or the kernel refuses it: {mknod:?}"
+    );
 
     let refused: &[&[&str]] = &[
         &["-v", "/var/lib/docker/x/esc:/h"],
