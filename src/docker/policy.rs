@@ -20,9 +20,10 @@
 //! cgroup namespace, AppArmor and the bridge filter.
 //!
 //! Every API route of dockerd 20.10 (`api/server/router/*`) is classified
-//! ([`route`]); a route the plugin does not know is refused
+//! (`policy/route.rs`); a route the plugin does not know is refused
 //! (`SEGMENT-1103`), so a newer dockerd's new endpoints stay closed until
-//! they are reviewed.
+//! they are reviewed. (A path that matches none of dockerd's own routes
+//! never reaches the plugin: dockerd answers it 404 before authorization.)
 //!
 //! # Rules
 //!
@@ -49,7 +50,7 @@
 //! | `SEGMENT-1015` | build options | `POST /build` with `networkmode` other than default/bridge/none/host, `isolation` other than default, an unreadable query (`;`, bad escapes) |
 //! | `SEGMENT-1016` | runtime | `--runtime` other than `runc` (`HostConfig.Runtime`), service runtimes other than containers |
 //! | `SEGMENT-1017` | sysctls | `--sysctl` (`HostConfig.Sysctls`, service `Sysctls`) outside the namespaced safe set |
-//! | `SEGMENT-1018` | priority over the segment's daemons | negative `--oom-score-adj`, `--oom-kill-disable`, `--cpu-rt-runtime` / `--cpu-rt-period` |
+//! | `SEGMENT-1018` | priority over the segment's daemons | negative `--oom-score-adj`, `--oom-kill-disable`, `--cpu-rt-runtime` / `--cpu-rt-period`, `--ulimit rtprio/rttime/nice` (containers, services, builds) |
 //! | `SEGMENT-1019` | mount propagation | bind propagation other than `private`/`rprivate` (`-v a:b:rshared`, `bind-propagation=rslave`) |
 //! | `SEGMENT-1020` | volume drivers | `--volume-driver`, `docker volume create -d`, mount `volume-driver` other than `local` |
 //! | `SEGMENT-1021` | log drivers | `--log-driver` other than `json-file`, `local`, `none` (containers and services) |

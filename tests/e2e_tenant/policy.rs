@@ -238,6 +238,7 @@ async fn cli_attacks_are_refused() {
         (&["--oom-score-adj", "-500"], "SEGMENT-1018"),
         (&["--oom-kill-disable"], "SEGMENT-1018"),
         (&["--cpu-rt-runtime", "950000"], "SEGMENT-1018"),
+        (&["--ulimit", "rtprio=99"], "SEGMENT-1018"),
         (&["-v", "/var/lib/docker/x:/x:rshared"], "SEGMENT-1019"),
         (
             &[

@@ -8,7 +8,9 @@
 //! key nor a spelling can hide one. A form body, from which Go would read
 //! parameters too, is refused before this (`check_content_type`).
 
+use super::gojson;
 use super::mounts::quote;
+use super::options::check_ulimits;
 use super::{Check, Denial, Rule};
 
 /// Network modes a build may use: the daemon's default bridge, no network,
@@ -48,6 +50,9 @@ fn check_parameter(key: &str, value: &str) -> Check {
                     quote(value)
                 ),
             ));
+        }
+        "ulimits" if !value.is_empty() => {
+            return check_ulimits(Some(&gojson::parse(value.as_bytes())?));
         }
         "networkmode" => !BUILD_NETWORK_MODES.contains(&value.to_ascii_lowercase().as_str()),
         "isolation" => !matches!(value.to_ascii_lowercase().as_str(), "" | "default"),
@@ -143,6 +148,16 @@ mod tests {
             ("cgroupparent=x;networkmode=host", Some("SEGMENT-1015")),
             ("cgroupparent=%zz", Some("SEGMENT-1015")),
             ("buildargs=%7B%22a%22%3A%22b+c%22%7D&labels=%7B%7D", None),
+            ("ulimits=null", None),
+            (
+                "ulimits=%5B%7B%22Name%22%3A%22nofile%22%2C%22Hard%22%3A1024%2C%22Soft%22%3A1024%7D%5D",
+                None,
+            ),
+            (
+                "ulimits=%5B%7B%22Name%22%3A%22rtprio%22%2C%22Hard%22%3A99%2C%22Soft%22%3A99%7D%5D",
+                Some("SEGMENT-1018"),
+            ),
+            ("ulimits=%5Bnot", Some("SEGMENT-1101")),
         ];
         for (query, want) in cases {
             let got = check_build(query).err().map(|d| d.rule.code());

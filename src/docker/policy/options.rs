@@ -1,9 +1,10 @@
 //! Container options the docker CLI rarely shows but the raw API takes:
 //! runtimes, sysctls, log drivers, platform options and the settings that
-//! would put a container ahead of the segment's own daemons. Shared by
+//! would put a container ahead of the segment's own daemons (OOM score,
+//! real-time CPU, priority resource limits). Shared by
 //! containers (`HostConfig`) and swarm services (`ContainerSpec`).
 
-use super::gojson::{Json, bool_of, number_of};
+use super::gojson::{Json, array_of, bool_of, number_of, str_of};
 use super::mounts::{map_keys, quote};
 use super::{Check, Denial, Rule};
 
@@ -143,6 +144,28 @@ pub(crate) fn check_priority(resources: &Json) -> Check {
             return refuse("real-time CPU scheduling (--cpu-rt-period, --cpu-rt-runtime)");
         }
     }
+    check_ulimits(resources.field("Ulimits")?)
+}
+
+/// Resource limits that let a process without `CAP_SYS_NICE` raise its own
+/// scheduling priority: `rtprio` (SCHED_FIFO, which no CFS quota caps:
+/// one busy thread takes a whole CPU of the host), `rttime` and `nice`.
+const PRIORITY_ULIMITS: &[&str] = &["rtprio", "rttime", "nice"];
+
+/// `--ulimit` (`Ulimits`, a service's `Ulimits`, a build's `ulimits`).
+pub(crate) fn check_ulimits(ulimits: Option<&Json>) -> Check {
+    for ulimit in array_of(ulimits, "Ulimits")? {
+        let name = str_of(ulimit.field("Name")?, "Name")?.unwrap_or("");
+        if PRIORITY_ULIMITS.contains(&name.trim().to_ascii_lowercase().as_str()) {
+            return Err(Denial::new(
+                Rule::Priority,
+                format!(
+                    "the {} resource limit (--ulimit) is not allowed by policy (it would put the container ahead of the segment's own daemons)",
+                    quote(name)
+                ),
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -184,6 +207,22 @@ mod tests {
             (r#"{"CpuRealtimeRuntime":950000}"#, Some("SEGMENT-1018")),
             (r#"{"CpuRealtimePeriod":1000000}"#, Some("SEGMENT-1018")),
             (r#"{"OomScoreAdj":"-1"}"#, Some("SEGMENT-1101")),
+            (
+                r#"{"Ulimits":[{"Name":"nofile","Soft":1024,"Hard":2048}]}"#,
+                None,
+            ),
+            (
+                r#"{"Ulimits":[{"Name":"rtprio","Soft":99,"Hard":99}]}"#,
+                Some("SEGMENT-1018"),
+            ),
+            (
+                r#"{"ulimits":[{"name":"NICE","soft":40,"hard":40}]}"#,
+                Some("SEGMENT-1018"),
+            ),
+            (
+                r#"{"Ulimits":[{"Name":"rttime","Soft":-1,"Hard":-1}]}"#,
+                Some("SEGMENT-1018"),
+            ),
         ];
         for (json, want) in cases {
             let v = parse(json.as_bytes()).unwrap();

@@ -65,7 +65,7 @@ fn check_container_spec(container: &Json, area: &dyn DataArea) -> Check {
     check_privileges(container.field("Privileges")?)?;
     check_sysctls(container.field("Sysctls")?)?;
     check_isolation(str_of(container.field("Isolation")?, "Isolation")?)?;
-    // API 1.46 added OomScoreAdj to services; refused ahead of time.
+    // `Ulimits` (API 1.41); API 1.46 added `OomScoreAdj` to services.
     check_priority(container)?;
     check_mounts(container.field("Mounts")?, area)
 }
