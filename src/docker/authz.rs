@@ -36,7 +36,10 @@ use tracing::{debug, info, warn};
 
 use std::collections::HashMap;
 
-use crate::docker::policy::{DataArea, Decision, Request as PolicyRequest, Rule, evaluate_request};
+use crate::docker::policy::{
+    DataArea, Decision, Existing, Request as PolicyRequest, Rule, container_to_look_up,
+    evaluate_request,
+};
 
 /// The plugin name given to `dockerd --authorization-plugin`.
 pub const PLUGIN_NAME: &str = "segment-policy";
@@ -117,8 +120,32 @@ impl AuthZRequest {
     }
 }
 
-/// Decides on one raw `AuthZPlugin.AuthZReq` payload.
-pub fn authorize(payload: &[u8], area: &dyn DataArea) -> Decision {
+/// Looks up, in dockerd, the bind sources of an existing container (see
+/// [`crate::docker::policy::Request::existing`]).
+#[async_trait::async_trait]
+pub trait ContainerLookup: Send + Sync {
+    /// What dockerd holds for container `name`.
+    async fn lookup(&self, name: &str) -> Existing;
+}
+
+/// What the plugin consults besides the request: the data area as the
+/// kernel sees it, and dockerd's record of existing containers.
+pub struct Segment {
+    /// The customer data area.
+    pub area: Arc<dyn DataArea>,
+    /// dockerd's containers.
+    pub containers: Arc<dyn ContainerLookup>,
+}
+
+/// The container a raw payload's request mounts again, if any.
+fn container_of(payload: &[u8]) -> Option<String> {
+    let request: AuthZRequest = serde_json::from_slice(payload).ok()?;
+    container_to_look_up(request.method.as_deref()?, request.uri.as_deref()?)
+}
+
+/// Decides on one raw `AuthZPlugin.AuthZReq` payload; `existing` is what
+/// dockerd holds for the container the request names, when looked up.
+pub fn authorize(payload: &[u8], area: &dyn DataArea, existing: Option<&Existing>) -> Decision {
     let request: AuthZRequest = match serde_json::from_slice(payload) {
         Ok(r) => r,
         Err(e) => return protocol_error(format!("invalid JSON: {e}")),
@@ -142,6 +169,7 @@ pub fn authorize(payload: &[u8], area: &dyn DataArea) -> Decision {
             body: body.as_deref(),
             content_type: request.header("Content-Type"),
             user: request.user.as_deref(),
+            existing,
         },
         area,
     );
@@ -235,7 +263,7 @@ pub fn bind(path: &Path) -> Result<UnixListener, ServeError> {
 /// lets in-flight requests finish for a few seconds.
 pub async fn serve(
     listener: UnixListener,
-    area: Arc<dyn DataArea>,
+    segment: Arc<Segment>,
     shutdown: impl Future<Output = ()>,
 ) {
     let graceful = GracefulShutdown::new();
@@ -244,8 +272,8 @@ pub async fn serve(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    let area = Arc::clone(&area);
-                    let service = service_fn(move |req| handle(req, Arc::clone(&area)));
+                    let segment = Arc::clone(&segment);
+                    let service = service_fn(move |req| handle(req, Arc::clone(&segment)));
                     let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
                     let conn = graceful.watch(conn);
                     tokio::spawn(async move {
@@ -274,7 +302,7 @@ pub async fn serve(
 
 async fn handle(
     req: Request<Incoming>,
-    area: Arc<dyn DataArea>,
+    segment: Arc<Segment>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     if req.method() != Method::POST {
         return Ok(json(
@@ -288,7 +316,7 @@ async fn handle(
             &serde_json::json!({"Implements": ["authz"]}),
         ),
         "/AuthZPlugin.AuthZReq" => {
-            let decision = authz_request(req.into_body(), area).await;
+            let decision = authz_request(req.into_body(), segment).await;
             json(StatusCode::OK, &AuthZResponse::from(&decision))
         }
         "/AuthZPlugin.AuthZRes" => {
@@ -303,15 +331,23 @@ async fn handle(
     Ok(response)
 }
 
-async fn authz_request(body: Incoming, area: Arc<dyn DataArea>) -> Decision {
+async fn authz_request(body: Incoming, segment: Arc<Segment>) -> Decision {
     let payload = match Limited::new(body, MAX_AUTHZ_REQUEST).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) => return protocol_error(format!("cannot read the request: {e}")),
     };
+    // dockerd serves the lookup while this request waits (its own
+    // authorization is a plain GET): no lock is held across it.
+    let existing = match container_of(&payload) {
+        Some(name) => Some(segment.containers.lookup(&name).await),
+        None => None,
+    };
     // The data area is checked on the filesystem: keep it off the async workers.
-    tokio::task::spawn_blocking(move || authorize(&payload, area.as_ref()))
-        .await
-        .unwrap_or_else(|e| protocol_error(format!("policy evaluation failed: {e}")))
+    tokio::task::spawn_blocking(move || {
+        authorize(&payload, segment.area.as_ref(), existing.as_ref())
+    })
+    .await
+    .unwrap_or_else(|e| protocol_error(format!("policy evaluation failed: {e}")))
 }
 
 /// Reads and discards a body (AuthZRes carries the whole API response).
@@ -384,7 +420,7 @@ mod tests {
             (b"garbage".to_vec(), Some("SEGMENT-1102")),
         ];
         for (payload, want) in cases {
-            let got = authorize(&payload, &LexicalArea);
+            let got = authorize(&payload, &LexicalArea, None);
             assert_eq!(got.code(), want, "{}", String::from_utf8_lossy(&payload));
         }
     }
@@ -399,7 +435,11 @@ mod tests {
         ];
         for (name, want) in cases {
             let payload = std::fs::read(dir.join(name)).unwrap();
-            assert_eq!(authorize(&payload, &LexicalArea).code(), want, "{name}");
+            assert_eq!(
+                authorize(&payload, &LexicalArea, None).code(),
+                want,
+                "{name}"
+            );
         }
     }
 

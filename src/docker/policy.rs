@@ -43,7 +43,7 @@
 //! | `SEGMENT-1008` | host user namespace | `--userns=host` |
 //! | `SEGMENT-1009` | host UTS namespace | `--uts=host` |
 //! | `SEGMENT-1010` | host cgroup namespace | `--cgroupns=host` |
-//! | `SEGMENT-1011` | host mounts | bind sources (`-v`, `--mount type=bind`, service mounts, `local` volumes with `o=bind`) outside `/var/lib/docker` after `.`/`..`/`//` are normalised, or whose existing part, opened by the kernel beneath the data area, holds a symlink, a device node, a mount point or a non-directory; `local` volume options other than none, `type=tmpfs` or a bind under the area (`nfs`, `cifs`, block devices, `overlay` ...); mount types other than bind/volume/tmpfs |
+//! | `SEGMENT-1011` | host mounts | bind sources (`-v`, `--mount type=bind`, service mounts, `local` volumes with `o=bind`) outside `/var/lib/docker` after `.`/`..`/`//` are normalised, or whose existing part, opened by the kernel beneath the data area, holds a symlink, a device node, a mount point or a non-directory, at create and again at start, restart and `docker cp` (what the kernel finds then); `local` volume options other than none, `type=tmpfs` or a bind under the area (`nfs`, `cifs`, block devices, `overlay` ...); mount types other than bind/volume/tmpfs |
 //! | `SEGMENT-1012` | plugins | `docker plugin install/create/upgrade/set`, services with a plugin runtime |
 //! | `SEGMENT-1013` | insecure build | `POST /build` naming the `security.insecure` entitlement |
 //! | `SEGMENT-1014` | cgroup parent | `--cgroup-parent` (a non-empty `CgroupParent`) on create and update, `docker build --cgroup-parent` |
@@ -62,6 +62,7 @@
 //! | `SEGMENT-1101` | malformed body | a checked request whose body is not the JSON dockerd expects, or names a checked field twice (`"Privileged"` and `"privileged"`) |
 //! | `SEGMENT-1102` | malformed authorization request | an `AuthZPlugin.AuthZReq` the plugin cannot decode |
 //! | `SEGMENT-1103` | unknown route | a method and path that is none of dockerd 20.10's API routes |
+//! | `SEGMENT-1104` | unchecked container | a start, restart or `docker cp` whose container's stored binds the plugin could not look up from dockerd |
 //!
 //! Allowed on purpose: plain runs, named and anonymous volumes, `-v
 //! /var/lib/docker/...:/dst` (missing sources are created by dockerd),
@@ -122,6 +123,29 @@ pub struct Request<'a> {
     /// The authenticated user: the CN of the TLS client certificate.
     /// Not used by any rule yet (see the swarm note above).
     pub user: Option<&'a str>,
+    /// For a request that mounts an existing container's binds again
+    /// (start, restart, `docker cp`): what dockerd holds for it, looked up
+    /// by the plugin ([`container_to_look_up`]). `None`: not looked up,
+    /// and such a request is refused.
+    pub existing: Option<&'a Existing>,
+}
+
+/// An existing container's host paths, as dockerd stored them at create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Existing {
+    /// dockerd has no such container (the request fails there).
+    Missing,
+    /// The host paths dockerd binds when it mounts the container: bind
+    /// sources, and the devices of `local` volumes with `o=bind`.
+    Sources(Vec<String>),
+    /// The lookup failed.
+    Failed(String),
+}
+
+/// The container whose mounts must be looked up before deciding on this
+/// request (see [`Request::existing`]), if any.
+pub fn container_to_look_up(method: &str, uri: &str) -> Option<String> {
+    route::classify(method, uri).container
 }
 
 /// Why the kernel's view of a bind source inside the data area refuses it.
@@ -173,8 +197,9 @@ impl DataArea for LexicalArea {
     }
 }
 
-/// Decides on one API request given by its parts; the body, when given,
-/// is taken as `application/json`.
+/// Decides on one API request given by its parts (for tests): the body,
+/// when given, is taken as `application/json`, and an existing container
+/// as one without bind mounts.
 pub fn evaluate(method: &str, uri: &str, body: Option<&[u8]>, area: &dyn DataArea) -> Decision {
     evaluate_request(
         &Request {
@@ -183,6 +208,7 @@ pub fn evaluate(method: &str, uri: &str, body: Option<&[u8]>, area: &dyn DataAre
             body,
             content_type: body.map(|_| "application/json"),
             user: None,
+            existing: Some(&Existing::Sources(Vec::new())),
         },
         area,
     )
@@ -249,7 +275,11 @@ fn check_request(request: &Request<'_>, area: &dyn DataArea) -> Check {
         Endpoint::SwarmMembership => Err(swarm::membership_denial()),
         Endpoint::Build => build::check_build(&route.raw_query),
         Endpoint::ContainerCreate => container::check_create(&parse_body(body)?, area),
-        Endpoint::ContainerStart => check_start(&route, body, area),
+        Endpoint::ContainerStart => {
+            check_start(&route, body, area)?;
+            check_existing(request.existing, area)
+        }
+        Endpoint::MountsAgain => check_existing(request.existing, area),
         Endpoint::ContainerUpdate => container::check_update(&parse_body(body)?),
         Endpoint::ExecCreate => container::check_exec(&parse_body(body)?),
         Endpoint::VolumeCreate => mounts::check_volume_create(&parse_body(body)?, area),
@@ -275,6 +305,30 @@ fn check_start(route: &route::Route, body: Option<&[u8]>, area: &dyn DataArea) -
         return container::check_legacy_start(&parse_body(body)?, area);
     }
     Ok(())
+}
+
+/// Start, restart and `docker cp` mount the binds dockerd stored at
+/// create again: what the kernel finds at each source *now* is checked, so
+/// a symlink planted in the data area after the create is refused here
+/// (and, for the restarts dockerd makes on its own, by the `nosymfollow`
+/// mount of the area).
+fn check_existing(existing: Option<&Existing>, area: &dyn DataArea) -> Check {
+    let unchecked = |why: &str| {
+        Err(Denial::new(
+            Rule::ExistingUnchecked,
+            format!(
+                "the container's bind mounts could not be checked ({why}) and the request is refused by policy"
+            ),
+        ))
+    };
+    match existing {
+        None => unchecked("not looked up"),
+        Some(Existing::Failed(e)) => unchecked(e),
+        Some(Existing::Missing) => Ok(()),
+        Some(Existing::Sources(sources)) => sources
+            .iter()
+            .try_for_each(|source| mounts::check_host_path(source, area)),
+    }
 }
 
 /// Go's `Request.ParseForm` reads parameters from a form body, where the

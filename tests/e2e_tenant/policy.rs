@@ -622,6 +622,74 @@ async fn bind_sources_are_checked_by_the_kernel() {
         "a volume device with .. after a symlink",
     );
 
+    // The attack: a bind checked at create (its source does not
+    // exist yet), then replaced by a symlink to the segment's root before
+    // `docker start`. The plugin checks what the kernel finds at start,
+    // restart and docker cp, from what dockerd stored at create.
+    cli.ok(&[
+        "create",
+        "--name",
+        "late",
+        "-v",
+        "/var/lib/docker/x/late:/h",
+        "busybox",
+        "ls",
+        "/h/etc/docker",
+    ]);
+    cli.ok(&[
+        "run",
+        "--rm",
+        "-v",
+        "/var/lib/docker/x:/d",
+        "busybox",
+        "sh",
+        "-c",
+        "rm -rf /d/late && /bin/busybox ln -s / /d/late",
+    ]);
+    let stderr = cli.fails(&["start", "-a", "late"]);
+    assert_refused(
+        &stderr,
+        "SEGMENT-1011",
+        "docker start after a symlink was planted",
+    );
+    let stderr = cli.fails(&["restart", "late"]);
+    assert_refused(
+        &stderr,
+        "SEGMENT-1011",
+        "docker restart after a symlink was planted",
+    );
+    let dest = cli.dir().join("stolen");
+    assert!(
+        !cli.run(&["cp", "late:/h/etc/hostname", dest.to_str().unwrap()])
+            .success
+    );
+    assert!(!dest.exists(), "docker cp read through the planted symlink");
+    let raw = curl(
+        &cli,
+        &s.public_ipv4,
+        "GET",
+        "/v1.41/containers/late/archive?path=/h/etc/hostname",
+        None,
+    );
+    assert_raw_refused(
+        &raw,
+        "SEGMENT-1011",
+        "GET archive through the planted symlink",
+    );
+    let raw = curl(
+        &cli,
+        &s.public_ipv4,
+        "PUT",
+        "/v1.41/containers/late/archive?path=/h/tmp",
+        Some(("application/x-tar", "not a tarball")),
+    );
+    assert_raw_refused(
+        &raw,
+        "SEGMENT-1011",
+        "PUT archive through the planted symlink",
+    );
+    assert_eq!(cli.inspect("{{.State.Status}}", "late"), "created");
+
     // The same data, reached without a symlink, is the customer's.
     assert_eq!(
         cli.ok(&[

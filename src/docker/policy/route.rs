@@ -19,8 +19,13 @@ pub(crate) enum Endpoint {
     Plain,
     /// `POST /containers/create`
     ContainerCreate,
-    /// `POST /containers/{id}/start` (a HostConfig body below API 1.24).
+    /// `POST /containers/{id}/start` (a HostConfig body below API 1.24):
+    /// mounts the container's binds again.
     ContainerStart,
+    /// `POST /containers/{id}/restart`, `docker cp` (`HEAD`/`GET`/`PUT
+    /// /containers/{id}/archive`): dockerd mounts the container's binds
+    /// again, from what it stored at create.
+    MountsAgain,
     /// `POST /containers/{id}/update`
     ContainerUpdate,
     /// `POST /containers/{id}/exec`
@@ -53,6 +58,8 @@ pub(crate) struct Route {
     pub(crate) version: Option<String>,
     /// The raw (still percent-encoded) query string.
     pub(crate) raw_query: String,
+    /// The container a start, restart or archive request names.
+    pub(crate) container: Option<String>,
 }
 
 impl Route {
@@ -81,7 +88,7 @@ const ROUTES: &[(&str, &str, Endpoint)] = &[
     ("POST", "/containers/**/checkpoints", Closed(CHECKPOINTS)),
     ("DELETE", "/containers/*/checkpoints/*", Closed(CHECKPOINTS)),
     // container
-    ("HEAD", "/containers/**/archive", Plain),
+    ("HEAD", "/containers/**/archive", MountsAgain),
     ("GET", "/containers/json", Plain),
     ("GET", "/containers/**/export", Plain),
     ("GET", "/containers/**/changes", Plain),
@@ -91,12 +98,12 @@ const ROUTES: &[(&str, &str, Endpoint)] = &[
     ("GET", "/containers/**/stats", Plain),
     ("GET", "/containers/**/attach/ws", Plain),
     ("GET", "/exec/**/json", Plain),
-    ("GET", "/containers/**/archive", Plain),
+    ("GET", "/containers/**/archive", MountsAgain),
     ("POST", "/containers/create", ContainerCreate),
     ("POST", "/containers/**/kill", Plain),
     ("POST", "/containers/**/pause", Plain),
     ("POST", "/containers/**/unpause", Plain),
-    ("POST", "/containers/**/restart", Plain),
+    ("POST", "/containers/**/restart", MountsAgain),
     ("POST", "/containers/**/start", ContainerStart),
     ("POST", "/containers/**/stop", Plain),
     ("POST", "/containers/**/wait", Plain),
@@ -110,7 +117,7 @@ const ROUTES: &[(&str, &str, Endpoint)] = &[
     ("POST", "/containers/**/update", ContainerUpdate),
     ("POST", "/containers/prune", Plain),
     ("POST", "/commit", Plain),
-    ("PUT", "/containers/**/archive", Plain),
+    ("PUT", "/containers/**/archive", MountsAgain),
     ("DELETE", "/containers/**", Plain),
     // image
     ("GET", "/images/json", Plain),
@@ -209,12 +216,23 @@ pub(crate) fn classify(method: &str, uri: &str) -> Route {
     let (version, rest) = strip_version(&path);
     let method = method.to_ascii_uppercase();
     let endpoint = match_route(&method, version.is_some(), rest);
+    let container = matches!(endpoint, ContainerStart | MountsAgain)
+        .then(|| container_name(rest))
+        .flatten();
     Route {
         endpoint,
         path: rest.to_string(),
         version: version.map(str::to_string),
         raw_query: raw_query.to_string(),
+        container,
     }
+}
+
+/// The `{name:.*}` of `/containers/{name:.*}/ACTION`.
+fn container_name(path: &str) -> Option<String> {
+    let rest = path.strip_prefix("/containers/")?;
+    let (name, _action) = rest.rsplit_once('/')?;
+    (!name.is_empty()).then(|| name.to_string())
 }
 
 fn match_route(method: &str, versioned: bool, path: &str) -> Endpoint {
@@ -411,8 +429,10 @@ mod tests {
             ),
             ("DELETE", "/v1.41/containers/x?force=1", Plain),
             ("POST", "/v1.41/containers/x/copy", Closed(COPY)),
-            ("PUT", "/v1.41/containers/x/archive?path=/tmp", Plain),
-            ("HEAD", "/v1.41/containers/x/archive?path=/tmp", Plain),
+            ("PUT", "/v1.41/containers/x/archive?path=/tmp", MountsAgain),
+            ("HEAD", "/v1.41/containers/x/archive?path=/tmp", MountsAgain),
+            ("GET", "/v1.41/containers/x/archive?path=/tmp", MountsAgain),
+            ("POST", "/v1.41/containers/x/restart?t=1", MountsAgain),
             ("POST", "/v1.41/commit?container=x&changes=USER+root", Plain),
             ("OPTIONS", "/anything/at/all", Plain),
             ("GET", "/_ping", Plain),
@@ -464,6 +484,10 @@ mod tests {
         assert_eq!(route.raw_query, "checkpoint=c");
         assert_eq!(route.version.as_deref(), Some("1.23"));
         assert!(!classify("POST", "/containers/x/start").legacy_start());
+        assert_eq!(route.container.as_deref(), Some("x"));
+        let odd = classify("PUT", "/containers/a%2Fb/archive?path=/");
+        assert_eq!(odd.container.as_deref(), Some("a/b"));
+        assert_eq!(classify("POST", "/containers/x/kill").container, None);
         assert!(!classify("POST", "/v1.24/containers/x/start").legacy_start());
         assert_eq!(strip_version("/v1.41"), (Some("1.41"), "/"));
         assert_eq!(strip_version("/volumes"), (None, "/volumes"));

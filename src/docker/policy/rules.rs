@@ -102,6 +102,8 @@ pub enum Rule {
     ProtocolError,
     /// `SEGMENT-1103`
     UnknownRoute,
+    /// `SEGMENT-1104`
+    ExistingUnchecked,
 }
 
 impl Rule {
@@ -137,6 +139,7 @@ impl Rule {
             Rule::BodyMalformed => "SEGMENT-1101",
             Rule::ProtocolError => "SEGMENT-1102",
             Rule::UnknownRoute => "SEGMENT-1103",
+            Rule::ExistingUnchecked => "SEGMENT-1104",
         }
     }
 
@@ -185,6 +188,7 @@ mod tests {
             Rule::BodyMalformed,
             Rule::ProtocolError,
             Rule::UnknownRoute,
+            Rule::ExistingUnchecked,
         ];
         let codes: std::collections::BTreeSet<_> = all.iter().map(|r| r.code()).collect();
         assert_eq!(codes.len(), all.len());

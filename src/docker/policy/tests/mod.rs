@@ -320,6 +320,7 @@ fn form_bodies_are_refused_on_every_route() {
             body: None,
             content_type: *content_type,
             user: Some("customer"),
+            existing: Some(&Existing::Missing),
         };
         let got = evaluate_request(&request, &LexicalArea);
         assert_eq!(
@@ -389,4 +390,86 @@ fn bind_sources_are_checked_by_the_data_area() {
             assert_eq!(got.code(), *want, "{source} via {uri} {body} -> {got}");
         }
     }
+}
+
+/// Start, restart and `docker cp` are decided on what dockerd stored for
+/// the container, as the kernel finds its sources now.
+#[test]
+fn existing_containers_are_checked_again() {
+    const AREA: Links = Links(&["x/esc"]);
+    let sources = |list: &[&str]| Existing::Sources(list.iter().map(|s| s.to_string()).collect());
+    let planted = sources(&["/var/lib/docker/x/esc"]);
+    let clean = sources(&["/var/lib/docker/x/new", "/var/lib/docker/y"]);
+    let outside = sources(&["/etc"]);
+    let failed = Existing::Failed("dockerd did not answer".into());
+    let cases: &[(&str, &str, Option<&Existing>, Option<&str>)] = &[
+        (
+            "POST",
+            "/v1.41/containers/c/start",
+            Some(&planted),
+            Some("SEGMENT-1011"),
+        ),
+        (
+            "POST",
+            "/v1.41/containers/c/restart",
+            Some(&planted),
+            Some("SEGMENT-1011"),
+        ),
+        (
+            "PUT",
+            "/v1.41/containers/c/archive?path=/h",
+            Some(&planted),
+            Some("SEGMENT-1011"),
+        ),
+        (
+            "POST",
+            "/v1.41/containers/c/start",
+            Some(&outside),
+            Some("SEGMENT-1011"),
+        ),
+        ("POST", "/v1.41/containers/c/start", Some(&clean), None),
+        (
+            "POST",
+            "/v1.41/containers/c/start",
+            Some(&Existing::Missing),
+            None,
+        ),
+        (
+            "POST",
+            "/v1.41/containers/c/start",
+            Some(&failed),
+            Some("SEGMENT-1104"),
+        ),
+        (
+            "POST",
+            "/v1.41/containers/c/start",
+            None,
+            Some("SEGMENT-1104"),
+        ),
+        (
+            "GET",
+            "/v1.41/containers/c/archive?path=/",
+            None,
+            Some("SEGMENT-1104"),
+        ),
+        ("POST", "/v1.41/containers/c/stop", None, None),
+    ];
+    for (method, uri, existing, want) in cases {
+        let request = Request {
+            method,
+            uri,
+            existing: *existing,
+            ..Request::default()
+        };
+        let got = evaluate_request(&request, &AREA);
+        assert_eq!(got.code(), *want, "{method} {uri} {existing:?} -> {got}");
+    }
+    assert_eq!(
+        container_to_look_up("POST", "/v1.41/containers/c/start").as_deref(),
+        Some("c")
+    );
+    assert_eq!(
+        container_to_look_up("POST", "/v1.41/containers/c/stop"),
+        None
+    );
 }
