@@ -13,6 +13,11 @@
 //! request has `Content-Type: application/json` and a Content-Length between
 //! 1 byte and 1 MiB (`pkg/authorization/authz.go`); the policy refuses the
 //! endpoints it must inspect when the body is missing (`SEGMENT-1100`).
+//!
+//! Before deciding on a start, restart or `docker cp`, the plugin asks
+//! dockerd (over its local socket, [`ContainerLookup`]) which host paths the
+//! container binds, so that the policy checks them again as the kernel finds
+//! them now; a lookup that fails refuses the request (`SEGMENT-1104`).
 
 use std::convert::Infallible;
 use std::future::Future;

@@ -12,6 +12,8 @@
 //! `{name:.*}` spans slashes (`/containers/a%2Fb/exec` is an exec create).
 //! A method and path that matches no route is [`Endpoint::Unknown`].
 
+use super::mounts::lexical_clean;
+
 /// What the policy does with a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Endpoint {
@@ -212,7 +214,10 @@ const ROUTES: &[(&str, &str, Endpoint)] = &[
 /// Classifies a request.
 pub(crate) fn classify(method: &str, uri: &str) -> Route {
     let (raw_path, raw_query) = split_target(uri);
-    let path = clean(&String::from_utf8_lossy(&percent_decode(raw_path)));
+    // The policy's one `path.Clean`: no empty, `.` or `..` segments, no
+    // trailing slash.
+    let decoded = String::from_utf8_lossy(&percent_decode(raw_path)).into_owned();
+    let path = lexical_clean(&decoded).to_string_lossy().into_owned();
     let (version, rest) = strip_version(&path);
     let method = method.to_ascii_uppercase();
     let endpoint = match_route(&method, version.is_some(), rest);
@@ -340,21 +345,6 @@ fn percent_decode(s: &str) -> Vec<u8> {
     out
 }
 
-/// Lexically cleans an absolute URL path: no empty, `.` or `..` segments and
-/// no trailing slash.
-fn clean(path: &str) -> String {
-    let mut segments: Vec<&str> = Vec::new();
-    for segment in path.split('/') {
-        match segment {
-            "" | "." => {}
-            ".." => {
-                segments.pop();
-            }
-            s => segments.push(s),
-        }
-    }
-    format!("/{}", segments.join("/"))
-}
 
 #[cfg(test)]
 mod tests {
