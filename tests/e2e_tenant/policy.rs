@@ -484,11 +484,33 @@ async fn allowed_usage_still_works() {
         "--log-driver",
         "local",
         "busybox",
-        "sleep",
-        "1000",
+        "sh",
+        "-c",
+        "mkdir -p /www && echo published > /www/index.html && exec /bin/busybox httpd -f -p 80 -h /www",
     ]);
     let ports = cli.ok(&["port", "web"]);
     assert!(ports.contains("8080"), "{ports}");
+    // The published port answers on the segment's address.
+    let mut answered = String::new();
+    for _ in 0..50 {
+        let out = Command::new("nsenter")
+            .arg(format!("--net={NETNS}"))
+            .args([
+                "curl",
+                "-sS",
+                "--max-time",
+                "2",
+                &format!("http://{ip}:8080/"),
+            ])
+            .output()
+            .expect("curl");
+        answered = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if answered == "published" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(answered, "published", "-p 8080:80 answers from the sandbox");
 
     // Bridge networks, docker cp both ways, commit with changes.
     cli.ok(&[

@@ -345,7 +345,6 @@ fn percent_decode(s: &str) -> Vec<u8> {
     out
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
