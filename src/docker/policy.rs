@@ -12,12 +12,15 @@
 //! API. The plugin is the layer that turns "root in the segment's dockerd"
 //! into "a container that the segment's other layers can hold": it refuses
 //! every request that asks dockerd to hand a container the segment's own
-//! privileges, paths, devices or links. It sees only the request (method,
-//! target, JSON body, headers), never what dockerd does later, so what
-//! happens *between* a check and its use (a symlink planted after a create)
-//! is closed by the kernel (the data area is mounted `nosymfollow`), and
-//! what a container does once it runs by the segment's user namespace,
-//! cgroup namespace, AppArmor and the bridge filter.
+//! privileges, paths, devices or links. It sees the request (method,
+//! target, JSON body, headers) and, for a start, restart or `docker cp`,
+//! the bind sources dockerd stored for the container ([`Existing`]), which
+//! it checks again as the kernel finds them then. It never sees what
+//! dockerd does later: a symlink planted between that check and dockerd's
+//! mount, or a mount dockerd makes on its own (restart policies), is closed
+//! by the kernel (the data area is mounted `nosymfollow`), and what a
+//! container does once it runs by the segment's user namespace, cgroup
+//! namespace, AppArmor and the bridge filter.
 //!
 //! Every API route of dockerd 20.10 (`api/server/router/*`) is classified
 //! (`policy/route.rs`); a route the plugin does not know is refused
