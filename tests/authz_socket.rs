@@ -14,8 +14,9 @@ use hyper::body::Bytes;
 use hyper::client::conn::http1::SendRequest;
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
-use segment_agent::docker::authz::{self, ServeError};
-use segment_agent::docker::resolver::FsResolver;
+use segment_agent::docker::authz::{self, Segment, ServeError};
+use segment_agent::docker::inspect::DockerSocket;
+use segment_agent::docker::resolver::KernelArea;
 use serde_json::{Value, json};
 use tokio::net::UnixStream;
 
@@ -57,13 +58,19 @@ async fn call(
 
 /// An `AuthZPlugin.AuthZReq` payload as dockerd builds it.
 fn authz_req(method: &str, uri: &str, body: Option<&str>) -> Value {
+    authz_req_typed(method, uri, body, "application/json")
+}
+
+/// The same with another `Content-Type` (dockerd forwards only the last
+/// value of a repeated header, and no body unless it is JSON).
+fn authz_req_typed(method: &str, uri: &str, body: Option<&str>, content_type: &str) -> Value {
     json!({
-        "User": "",
-        "UserAuthNMethod": "",
+        "User": "customer",
+        "UserAuthNMethod": "TLS",
         "RequestMethod": method,
         "RequestUri": uri,
         "RequestBody": body.map(|b| base64::engine::general_purpose::STANDARD.encode(b)),
-        "RequestHeaders": {"Content-Type": "application/json", "User-Agent": "Docker-Client/20.10.24+dfsg1 (linux)"},
+        "RequestHeaders": {"Content-Type": content_type, "User-Agent": "Docker-Client/20.10.24+dfsg1 (linux)"},
         "RequestPeerCertificates": null,
     })
 }
@@ -76,10 +83,11 @@ fn fixture_body(name: &str) -> String {
     text.split_once('\n').expect("request line").1.to_string()
 }
 
-/// A segment root with a volume whose data holds a symlink to `/`.
+/// A segment root whose data area holds a symlink to `/`, planted the
+/// way a container with `-v /var/lib/docker/x:/d` would.
 fn segment_root() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("var/lib/docker/volumes/v/_data");
+    let data = dir.path().join("var/lib/docker/x");
     std::fs::create_dir_all(&data).expect("mkdir");
     symlink("/", data.join("escape")).expect("symlink");
     dir
@@ -102,8 +110,11 @@ async fn serves_the_plugin_protocol() {
     assert_eq!(mode & 0o777, 0o600);
 
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let resolver = Arc::new(FsResolver::new(root.path()));
-    let server = tokio::spawn(authz::serve(listener, resolver, async {
+    let segment = Arc::new(Segment {
+        area: Arc::new(KernelArea::new(root.path())),
+        containers: Arc::new(DockerSocket::new(root.path().join("no-dockerd.sock"))),
+    });
+    let server = tokio::spawn(authz::serve(listener, segment, async {
         let _ = stopped.await;
     }));
 
@@ -116,7 +127,8 @@ async fn serves_the_plugin_protocol() {
     );
 
     let privileged = fixture_body("run_privileged");
-    let escape = r#"{"Image":"busybox","HostConfig":{"Binds":["/var/lib/docker/volumes/v/_data/escape/etc:/x"]}}"#;
+    let escape =
+        r#"{"Image":"busybox","HostConfig":{"Binds":["/var/lib/docker/x/escape/etc:/x"]}}"#;
     let cases = [
         (
             authz_req("POST", "/v1.41/containers/create", Some(&privileged)),
@@ -135,7 +147,50 @@ async fn serves_the_plugin_protocol() {
         (
             authz_req("POST", "/v1.41/containers/create", Some(escape)),
             false,
-            "SEGMENT-1011: bind mounts of host path \"/var/lib/docker/volumes/v/_data/escape/etc\" (resolves to \"/etc\") are not allowed by policy: only paths under /var/lib/docker may be bind-mounted",
+            "SEGMENT-1011: bind mounts of host path \"/var/lib/docker/x/escape/etc\" are not allowed by policy: /var/lib/docker/x/escape is a symbolic link (symbolic links, devices and mount points are not followed)",
+        ),
+        (
+            authz_req(
+                "POST",
+                "/v1.41/containers/create",
+                Some(r#"{"HostConfig":{"Binds":["/var/lib/docker/x/new/dir:/x"]}}"#),
+            ),
+            true,
+            "",
+        ),
+        (
+            authz_req("POST", "/v1.41/containers/x/frobnicate", None),
+            false,
+            "SEGMENT-1103: \"POST\" \"/containers/x/frobnicate\" is not an API route the policy knows and is refused",
+        ),
+        (
+            authz_req_typed(
+                "POST",
+                "/v1.41/build?t=x",
+                None,
+                "application/x-www-form-urlencoded",
+            ),
+            false,
+            "SEGMENT-1100: request bodies of type \"application/x-www-form-urlencoded\" carry parameters the policy cannot inspect and are refused",
+        ),
+        (
+            authz_req_typed("POST", "/v1.41/build?t=x", None, "application/x-tar"),
+            true,
+            "",
+        ),
+        (
+            authz_req("POST", "/v1.41/grpc", None),
+            false,
+            "SEGMENT-1025: BuildKit's raw gRPC API (POST /grpc, used by buildx; the policy cannot see inside it; use docker build) is not available in segments",
+        ),
+        (
+            authz_req(
+                "POST",
+                "/v1.23/containers/web/start",
+                Some(r#"{"HostConfig":{"Privileged":true}}"#),
+            ),
+            false,
+            "SEGMENT-1001: privileged containers are not allowed by policy",
         ),
         (
             authz_req("POST", "/v1.41/containers/create", None),
@@ -260,4 +315,152 @@ fn binary_serves_until_sigterm() {
         .status()
         .expect("run");
     assert_eq!(usage.code(), Some(2));
+}
+
+/// A fake dockerd on a unix socket answering container and volume
+/// inspects from a table (404 for the rest).
+async fn fake_dockerd(listener: tokio::net::UnixListener, answers: Vec<(&'static str, Value)>) {
+    let answers = Arc::new(answers);
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            return;
+        };
+        let answers = Arc::clone(&answers);
+        let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+            let found = answers
+                .iter()
+                .find(|(path, _)| *path == req.uri().path())
+                .map(|(_, v)| v.clone());
+            async move {
+                let (status, body) = match found {
+                    Some(v) => (StatusCode::OK, v.to_string()),
+                    None => (
+                        StatusCode::NOT_FOUND,
+                        r#"{"message":"no such"}"#.to_string(),
+                    ),
+                };
+                let mut response = hyper::Response::new(Full::new(Bytes::from(body)));
+                *response.status_mut() = status;
+                Ok::<_, std::convert::Infallible>(response)
+            }
+        });
+        tokio::spawn(
+            hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service),
+        );
+    }
+}
+
+/// Start, restart and docker cp check what the kernel finds now at the
+/// sources dockerd stored at create: a symlink planted after the create
+/// is refused, as is a request whose container cannot be looked up.
+#[tokio::test]
+async fn start_checks_the_sources_dockerd_stored() {
+    let root = segment_root();
+    let dockerd = root.path().join("docker.sock");
+    let dockerd_listener = tokio::net::UnixListener::bind(&dockerd).expect("bind fake dockerd");
+    tokio::spawn(fake_dockerd(
+        dockerd_listener,
+        vec![
+            (
+                "/containers/victim/json",
+                json!({"HostConfig": {"Binds": ["/var/lib/docker/x/escape:/h"]}, "Mounts": []}),
+            ),
+            (
+                "/containers/clean/json",
+                json!({"HostConfig": {"Binds": ["/var/lib/docker/x/new:/h"]},
+                       "Mounts": [{"Type": "volume", "Name": "bound", "Driver": "local"}]}),
+            ),
+            (
+                "/volumes/bound",
+                json!({"Options": {"type": "none", "o": "bind", "device": "/var/lib/docker/x"}}),
+            ),
+            (
+                "/containers/viavolume/json",
+                json!({"HostConfig": {}, "Mounts": [{"Type": "volume", "Name": "evil", "Driver": "local"}]}),
+            ),
+            (
+                "/volumes/evil",
+                json!({"Options": {"type": "none", "o": "bind", "device": "/var/lib/docker/x/escape"}}),
+            ),
+        ],
+    ));
+    let socket = root.path().join("plugin.sock");
+    let listener = authz::bind(&socket).expect("bind");
+    let segment = Arc::new(Segment {
+        area: Arc::new(KernelArea::new(root.path())),
+        containers: Arc::new(DockerSocket::new(&dockerd)),
+    });
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(authz::serve(listener, segment, async {
+        let _ = stopped.await;
+    }));
+    let mut plugin = connect(&socket).await;
+    let cases: &[(&str, &str, Option<&str>)] = &[
+        (
+            "POST",
+            "/v1.41/containers/victim/start",
+            Some("SEGMENT-1011"),
+        ),
+        (
+            "POST",
+            "/v1.41/containers/victim/restart?t=1",
+            Some("SEGMENT-1011"),
+        ),
+        (
+            "PUT",
+            "/v1.41/containers/victim/archive?path=/h",
+            Some("SEGMENT-1011"),
+        ),
+        (
+            "GET",
+            "/v1.41/containers/victim/archive?path=/h/etc/shadow",
+            Some("SEGMENT-1011"),
+        ),
+        (
+            "HEAD",
+            "/v1.41/containers/victim/archive?path=/h",
+            Some("SEGMENT-1011"),
+        ),
+        (
+            "POST",
+            "/v1.41/containers/viavolume/start",
+            Some("SEGMENT-1011"),
+        ),
+        ("POST", "/v1.41/containers/clean/start", None),
+        ("PUT", "/v1.41/containers/clean/archive?path=/h", None),
+        ("POST", "/v1.41/containers/missing/start", None),
+        ("POST", "/v1.41/containers/victim/kill", None),
+    ];
+    for (method, uri, want) in cases {
+        let (_, reply) = call(
+            &mut plugin,
+            "POST",
+            "/AuthZPlugin.AuthZReq",
+            authz_req(method, uri, None),
+        )
+        .await;
+        let msg = reply["Msg"].as_str().unwrap_or_default().to_string();
+        match want {
+            Some(code) => assert!(msg.starts_with(code), "{method} {uri}: {reply}"),
+            None => assert_eq!(reply["Allow"], true, "{method} {uri}: {reply}"),
+        }
+    }
+    // The lookup fails closed: with dockerd gone, a start is refused.
+    std::fs::remove_file(&dockerd).expect("remove fake dockerd socket");
+    let (_, reply) = call(
+        &mut plugin,
+        "POST",
+        "/AuthZPlugin.AuthZReq",
+        authz_req("POST", "/v1.41/containers/clean/start", None),
+    )
+    .await;
+    assert!(
+        reply["Msg"].as_str().unwrap_or_default().starts_with(
+            "SEGMENT-1104: the container's bind mounts could not be checked (cannot reach dockerd"
+        ),
+        "{reply}"
+    );
+    stop.send(()).expect("server running");
+    server.await.expect("server task");
 }

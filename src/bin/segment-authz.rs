@@ -8,14 +8,16 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use segment_agent::docker::authz::{self, DEFAULT_SOCKET, PLUGIN_NAME};
-use segment_agent::docker::resolver::FsResolver;
+use segment_agent::docker::authz::{self, DEFAULT_SOCKET, PLUGIN_NAME, Segment};
+use segment_agent::docker::inspect::{DEFAULT_DOCKER_SOCKET, DockerSocket};
+use segment_agent::docker::resolver::KernelArea;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info};
 
-const USAGE: &str = "usage: segment-authz [--socket PATH] [--root DIR] [--verbose]\n\
+const USAGE: &str = "usage: segment-authz [--socket PATH] [--root DIR] [--docker-socket PATH] [--verbose]\n\
     \x20 --socket PATH  plugin socket (default /run/docker/plugins/segment-policy.sock)\n\
-    \x20 --root DIR     filesystem root for resolving bind-mount sources (default /)\n\
+    \x20 --docker-socket PATH  dockerd's socket, to look up containers (default /var/run/docker.sock)\n\
+    \x20 --root DIR     segment root whose var/lib/docker is the data area (default /)\n\
     \x20 --verbose      log allowed requests too";
 
 /// Command-line options.
@@ -23,6 +25,7 @@ const USAGE: &str = "usage: segment-authz [--socket PATH] [--root DIR] [--verbos
 struct Options {
     socket: PathBuf,
     root: PathBuf,
+    docker_socket: PathBuf,
     verbose: bool,
 }
 
@@ -30,6 +33,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Options, String>
     let mut options = Options {
         socket: PathBuf::from(DEFAULT_SOCKET),
         root: PathBuf::from("/"),
+        docker_socket: PathBuf::from(DEFAULT_DOCKER_SOCKET),
         verbose: false,
     };
     while let Some(arg) = args.next() {
@@ -37,6 +41,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Options, String>
         match arg.as_str() {
             "--socket" => options.socket = value("--socket")?.into(),
             "--root" => options.root = value("--root")?.into(),
+            "--docker-socket" => options.docker_socket = value("--docker-socket")?.into(),
             "--verbose" => options.verbose = true,
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -95,14 +100,17 @@ async fn run(options: Options) -> ExitCode {
         }
     };
     info!(plugin = PLUGIN_NAME, socket = %options.socket.display(), root = %options.root.display(), "serving");
-    let resolver = Arc::new(FsResolver::new(&options.root));
+    let segment = Arc::new(Segment {
+        area: Arc::new(KernelArea::new(&options.root)),
+        containers: Arc::new(DockerSocket::new(&options.docker_socket)),
+    });
     let shutdown = async {
         tokio::select! {
             _ = term.recv() => info!("SIGTERM: shutting down"),
             _ = int.recv() => info!("SIGINT: shutting down"),
         }
     };
-    authz::serve(listener, resolver, shutdown).await;
+    authz::serve(listener, segment, shutdown).await;
     if let Err(e) = std::fs::remove_file(&options.socket) {
         error!(error = %e, "cannot remove the plugin socket");
     }
@@ -127,9 +135,12 @@ mod tests {
             "/tmp/p.sock",
             "--root",
             "/seg",
+            "--docker-socket",
+            "/d.sock",
             "--verbose",
         ]))
         .unwrap();
+        assert_eq!(o.docker_socket, PathBuf::from("/d.sock"));
         assert_eq!(o.socket, PathBuf::from("/tmp/p.sock"));
         assert_eq!(o.root, PathBuf::from("/seg"));
         assert!(o.verbose);

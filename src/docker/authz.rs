@@ -13,6 +13,11 @@
 //! request has `Content-Type: application/json` and a Content-Length between
 //! 1 byte and 1 MiB (`pkg/authorization/authz.go`); the policy refuses the
 //! endpoints it must inspect when the body is missing (`SEGMENT-1100`).
+//!
+//! Before deciding on a start, restart or `docker cp`, the plugin asks
+//! dockerd (over its local socket, [`ContainerLookup`]) which host paths the
+//! container binds, so that the policy checks them again as the kernel finds
+//! them now; a lookup that fails refuses the request (`SEGMENT-1104`).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -34,7 +39,12 @@ use serde::{Deserialize, Serialize};
 use tokio::net::UnixListener;
 use tracing::{debug, info, warn};
 
-use crate::docker::policy::{Decision, PathResolver, Rule, evaluate};
+use std::collections::HashMap;
+
+use crate::docker::policy::{
+    DataArea, Decision, Existing, Request as PolicyRequest, Rule, container_to_look_up,
+    evaluate_request,
+};
 
 /// The plugin name given to `dockerd --authorization-plugin`.
 pub const PLUGIN_NAME: &str = "segment-policy";
@@ -54,9 +64,16 @@ const CONTENT_TYPE: &str = "application/vnd.docker.plugins.v1+json";
 /// The fields of dockerd's `authorization.Request` that the policy reads.
 #[derive(Debug, Default, Deserialize)]
 pub struct AuthZRequest {
-    /// The authenticated user, if any (TLS client certificate subject).
+    /// The authenticated user, if any (TLS client certificate CN).
     #[serde(rename = "User", default)]
     pub user: Option<String>,
+    /// How the user was authenticated (`TLS` for a client certificate).
+    #[serde(rename = "UserAuthNMethod", default)]
+    pub user_authn_method: Option<String>,
+    /// The API request's headers (one value per name: the last, when
+    /// repeated), without `Authorization` and registry credentials.
+    #[serde(rename = "RequestHeaders", default)]
+    pub headers: Option<HashMap<String, String>>,
     /// HTTP method of the API request.
     #[serde(rename = "RequestMethod", default)]
     pub method: Option<String>,
@@ -97,8 +114,43 @@ impl From<&Decision> for AuthZResponse {
     }
 }
 
-/// Decides on one raw `AuthZPlugin.AuthZReq` payload.
-pub fn authorize(payload: &[u8], resolver: &dyn PathResolver) -> Decision {
+impl AuthZRequest {
+    /// A header's value; names compare case-insensitively.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .as_ref()?
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Looks up, in dockerd, the bind sources of an existing container (see
+/// [`crate::docker::policy::Request::existing`]).
+#[async_trait::async_trait]
+pub trait ContainerLookup: Send + Sync {
+    /// What dockerd holds for container `name`.
+    async fn lookup(&self, name: &str) -> Existing;
+}
+
+/// What the plugin consults besides the request: the data area as the
+/// kernel sees it, and dockerd's record of existing containers.
+pub struct Segment {
+    /// The customer data area.
+    pub area: Arc<dyn DataArea>,
+    /// dockerd's containers.
+    pub containers: Arc<dyn ContainerLookup>,
+}
+
+/// The container a raw payload's request mounts again, if any.
+fn container_of(payload: &[u8]) -> Option<String> {
+    let request: AuthZRequest = serde_json::from_slice(payload).ok()?;
+    container_to_look_up(request.method.as_deref()?, request.uri.as_deref()?)
+}
+
+/// Decides on one raw `AuthZPlugin.AuthZReq` payload; `existing` is what
+/// dockerd holds for the container the request names, when looked up.
+pub fn authorize(payload: &[u8], area: &dyn DataArea, existing: Option<&Existing>) -> Decision {
     let request: AuthZRequest = match serde_json::from_slice(payload) {
         Ok(r) => r,
         Err(e) => return protocol_error(format!("invalid JSON: {e}")),
@@ -115,7 +167,17 @@ pub fn authorize(payload: &[u8], resolver: &dyn PathResolver) -> Decision {
         Some(Ok(bytes)) => Some(bytes),
         Some(Err(e)) => return protocol_error(format!("RequestBody is not base64: {e}")),
     };
-    let decision = evaluate(method, uri, body.as_deref(), resolver);
+    let decision = evaluate_request(
+        &PolicyRequest {
+            method,
+            uri,
+            body: body.as_deref(),
+            content_type: request.header("Content-Type"),
+            user: request.user.as_deref(),
+            existing,
+        },
+        area,
+    );
     let user = request.user.as_deref().unwrap_or("");
     match decision.code() {
         Some(code) => info!(code, method, uri, user, "request refused"),
@@ -206,7 +268,7 @@ pub fn bind(path: &Path) -> Result<UnixListener, ServeError> {
 /// lets in-flight requests finish for a few seconds.
 pub async fn serve(
     listener: UnixListener,
-    resolver: Arc<dyn PathResolver>,
+    segment: Arc<Segment>,
     shutdown: impl Future<Output = ()>,
 ) {
     let graceful = GracefulShutdown::new();
@@ -215,8 +277,8 @@ pub async fn serve(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    let resolver = Arc::clone(&resolver);
-                    let service = service_fn(move |req| handle(req, Arc::clone(&resolver)));
+                    let segment = Arc::clone(&segment);
+                    let service = service_fn(move |req| handle(req, Arc::clone(&segment)));
                     let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
                     let conn = graceful.watch(conn);
                     tokio::spawn(async move {
@@ -245,7 +307,7 @@ pub async fn serve(
 
 async fn handle(
     req: Request<Incoming>,
-    resolver: Arc<dyn PathResolver>,
+    segment: Arc<Segment>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     if req.method() != Method::POST {
         return Ok(json(
@@ -259,7 +321,7 @@ async fn handle(
             &serde_json::json!({"Implements": ["authz"]}),
         ),
         "/AuthZPlugin.AuthZReq" => {
-            let decision = authz_request(req.into_body(), resolver).await;
+            let decision = authz_request(req.into_body(), segment).await;
             json(StatusCode::OK, &AuthZResponse::from(&decision))
         }
         "/AuthZPlugin.AuthZRes" => {
@@ -274,15 +336,23 @@ async fn handle(
     Ok(response)
 }
 
-async fn authz_request(body: Incoming, resolver: Arc<dyn PathResolver>) -> Decision {
+async fn authz_request(body: Incoming, segment: Arc<Segment>) -> Decision {
     let payload = match Limited::new(body, MAX_AUTHZ_REQUEST).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) => return protocol_error(format!("cannot read the request: {e}")),
     };
-    // The resolver touches the filesystem: keep it off the async workers.
-    tokio::task::spawn_blocking(move || authorize(&payload, resolver.as_ref()))
-        .await
-        .unwrap_or_else(|e| protocol_error(format!("policy evaluation failed: {e}")))
+    // dockerd serves the lookup while this request waits (its own
+    // authorization is a plain GET): no lock is held across it.
+    let existing = match container_of(&payload) {
+        Some(name) => Some(segment.containers.lookup(&name).await),
+        None => None,
+    };
+    // The data area is checked on the filesystem: keep it off the async workers.
+    tokio::task::spawn_blocking(move || {
+        authorize(&payload, segment.area.as_ref(), existing.as_ref())
+    })
+    .await
+    .unwrap_or_else(|e| protocol_error(format!("policy evaluation failed: {e}")))
 }
 
 /// Reads and discards a body (AuthZRes carries the whole API response).
@@ -308,7 +378,7 @@ fn json(status: StatusCode, value: &impl Serialize) -> Response<Full<Bytes>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::docker::policy::LexicalResolver;
+    use crate::docker::policy::LexicalArea;
 
     fn request(method: &str, uri: &str, body: Option<&str>) -> Vec<u8> {
         let body = body.map(|b| base64::engine::general_purpose::STANDARD.encode(b));
@@ -355,7 +425,7 @@ mod tests {
             (b"garbage".to_vec(), Some("SEGMENT-1102")),
         ];
         for (payload, want) in cases {
-            let got = authorize(&payload, &LexicalResolver);
+            let got = authorize(&payload, &LexicalArea, None);
             assert_eq!(got.code(), want, "{}", String::from_utf8_lossy(&payload));
         }
     }
@@ -370,7 +440,11 @@ mod tests {
         ];
         for (name, want) in cases {
             let payload = std::fs::read(dir.join(name)).unwrap();
-            assert_eq!(authorize(&payload, &LexicalResolver).code(), want, "{name}");
+            assert_eq!(
+                authorize(&payload, &LexicalArea, None).code(),
+                want,
+                "{name}"
+            );
         }
     }
 

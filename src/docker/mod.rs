@@ -14,6 +14,7 @@
 //! devices, bind mounts outside `/var/lib/docker` and the rest.
 
 pub mod authz;
+pub mod inspect;
 pub mod policy;
 pub mod probe;
 pub mod resolver;

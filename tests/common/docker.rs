@@ -130,7 +130,14 @@ impl DockerCli {
     /// Runs `docker --tlsverify ... -H tcp://IP:2376 ARGS` in the sandbox,
     /// killed after 90 s.
     pub fn run(&self, args: &[&str]) -> CliOutput {
+        self.run_env(&[], args)
+    }
+
+    /// Like [`DockerCli::run`] with extra environment variables for the CLI
+    /// (`DOCKER_BUILDKIT=1`).
+    pub fn run_env(&self, env: &[(&str, &str)], args: &[&str]) -> CliOutput {
         let mut cmd = Command::new("nsenter");
+        cmd.envs(env.iter().copied());
         cmd.arg(format!("--net={NETNS}"))
             .args([
                 "timeout",

@@ -12,3 +12,4 @@
 mod common;
 
 mod boundary;
+mod policy;

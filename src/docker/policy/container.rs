@@ -1,8 +1,12 @@
 //! Container endpoints: create, legacy start, update and exec.
 
 use super::gojson::{Json, bool_of, is_set, str_of, strings_of};
-use super::mounts::{check_binds, check_mounts, check_volume_options, quote};
-use super::{Check, Denial, PathResolver, Rule};
+use super::mounts::{check_binds, check_mounts, check_volume_driver, quote};
+use super::options::{
+    check_isolation, check_log_driver, check_priority, check_runtime, check_storage_opt,
+    check_sysctls,
+};
+use super::{Check, DataArea, Denial, Rule};
 
 /// Docker's default masked paths (`oci/defaults.go`). A `MaskedPaths` list
 /// that drops one of them (`--security-opt systempaths=unconfined` sends
@@ -35,27 +39,35 @@ const DEFAULT_READONLY_PATHS: &[&str] = &[
 /// at the top level of the body and uses it when the `HostConfig` key is
 /// absent, so `{"Image":"busybox","Privileged":true}` is a privileged
 /// container: both are checked.
-pub(crate) fn check_create(body: &Json, resolver: &dyn PathResolver) -> Check {
-    check_host_config(body, resolver)?;
+pub(crate) fn check_create(body: &Json, area: &dyn DataArea) -> Check {
+    check_host_config(body, area)?;
     if let Some(inner) = body.field("HostConfig")? {
-        check_host_config(inner, resolver)?;
+        check_host_config(inner, area)?;
     }
     Ok(())
 }
 
-/// `POST /containers/{id}/start` below API 1.24: the body is a HostConfig.
-pub(crate) fn check_legacy_start(body: &Json, resolver: &dyn PathResolver) -> Check {
-    check_host_config(body, resolver)
+/// `POST /containers/{id}/start` below API 1.24: dockerd decodes the body
+/// with the same `ContainerConfigWrapper` as a create (`decodeHostConfig`),
+/// so both the `HostConfig` key and the deprecated top-level fields apply.
+pub(crate) fn check_legacy_start(body: &Json, area: &dyn DataArea) -> Check {
+    check_create(body, area)
 }
 
 /// `POST /containers/{id}/update`: an `UpdateConfig` (resources and restart
 /// policy). dockerd 20.10 copies only CPU, memory, blkio and pids limits and
-/// the restart policy from it, never privileges, devices or the cgroup
-/// parent; those fields are refused anyway so that a daemon that starts
-/// honouring them stays safe.
+/// the restart policy from it, never privileges, devices, OOM settings or
+/// the cgroup parent; those fields are refused anyway so that a daemon that
+/// starts honouring them stays safe.
 pub(crate) fn check_update(body: &Json) -> Check {
-    check_devices(body)?;
-    check_cgroup_parent(body)
+    check_resources(body)
+}
+
+/// The `Resources` part of a HostConfig (also an update's body).
+fn check_resources(resources: &Json) -> Check {
+    check_devices(resources)?;
+    check_priority(resources)?;
+    check_cgroup_parent(resources)
 }
 
 /// `POST /containers/{id}/exec`: `docker exec --privileged`.
@@ -70,7 +82,7 @@ pub(crate) fn check_exec(body: &Json) -> Check {
 }
 
 /// Every HostConfig rule, in table order.
-fn check_host_config(hc: &Json, resolver: &dyn PathResolver) -> Check {
+fn check_host_config(hc: &Json, area: &dyn DataArea) -> Check {
     if bool_of(hc.field("Privileged")?, "Privileged")? {
         return Err(Denial::new(
             Rule::Privileged,
@@ -79,11 +91,16 @@ fn check_host_config(hc: &Json, resolver: &dyn PathResolver) -> Check {
     }
     check_capabilities(hc)?;
     check_security_options(hc)?;
-    check_devices(hc)?;
     check_namespaces(hc)?;
-    check_binds(hc.field("Binds")?, resolver)?;
-    check_mounts(hc.field("Mounts")?, resolver)?;
-    check_cgroup_parent(hc)
+    check_binds(hc.field("Binds")?, area)?;
+    check_mounts(hc.field("Mounts")?, area)?;
+    check_volume_driver(str_of(hc.field("VolumeDriver")?, "VolumeDriver")?)?;
+    check_runtime(str_of(hc.field("Runtime")?, "Runtime")?)?;
+    check_sysctls(hc.field("Sysctls")?)?;
+    check_log_driver(str_of(hc.path(&["LogConfig", "Type"])?, "Type")?)?;
+    check_isolation(str_of(hc.field("Isolation")?, "Isolation")?)?;
+    check_storage_opt(hc.field("StorageOpt")?)?;
+    check_resources(hc)
 }
 
 fn check_capabilities(hc: &Json) -> Check {
@@ -225,11 +242,6 @@ fn check_cgroup_parent(resources: &Json) -> Check {
         ));
     }
     Ok(())
-}
-
-/// `POST /volumes/create`: `{"Name", "Driver", "DriverOpts", "Labels"}`.
-pub(crate) fn check_volume_create(body: &Json, resolver: &dyn PathResolver) -> Check {
-    check_volume_options(body.field("DriverOpts")?, resolver)
 }
 
 #[cfg(test)]

@@ -18,8 +18,8 @@ use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 pub(crate) enum Json {
     Null,
     Bool(bool),
-    /// Numbers are never inspected by the policy, so their value is dropped.
-    Number,
+    /// A number, as a float (the policy reads only signs and zeroes).
+    Number(f64),
     String(String),
     Array(Vec<Json>),
     Object(Vec<(String, Json)>),
@@ -103,7 +103,7 @@ impl Json {
         match self {
             Json::Null => "null",
             Json::Bool(_) => "a boolean",
-            Json::Number => "a number",
+            Json::Number(_) => "a number",
             Json::String(_) => "a string",
             Json::Array(_) => "an array",
             Json::Object(_) => "an object",
@@ -126,6 +126,28 @@ pub(crate) fn str_of<'a>(v: Option<&'a Json>, name: &str) -> Result<Option<&'a s
         None | Some(Json::Null) => Ok(None),
         Some(Json::String(s)) => Ok(Some(s)),
         Some(other) => Err(type_error(name, "a string", other)),
+    }
+}
+
+/// Reads an optional number field: absent or null is 0.
+pub(crate) fn number_of(v: Option<&Json>, name: &str) -> Result<f64, Malformed> {
+    match v {
+        None | Some(Json::Null) => Ok(0.0),
+        Some(Json::Number(n)) => Ok(*n),
+        Some(other) => Err(type_error(name, "a number", other)),
+    }
+}
+
+/// The entries of an optional object field (a Go map): absent or null is
+/// empty. Keys of a map are data, not field names: they are not folded.
+pub(crate) fn entries_of<'a>(
+    v: Option<&'a Json>,
+    name: &str,
+) -> Result<&'a [(String, Json)], Malformed> {
+    match v {
+        None | Some(Json::Null) => Ok(&[]),
+        Some(Json::Object(entries)) => Ok(entries),
+        Some(other) => Err(type_error(name, "an object", other)),
     }
 }
 
@@ -160,7 +182,7 @@ pub(crate) fn is_set(v: Option<&Json>) -> bool {
         Some(Json::String(s)) => !s.is_empty(),
         Some(Json::Array(items)) => !items.is_empty(),
         Some(Json::Object(entries)) => !entries.is_empty(),
-        Some(Json::Bool(_) | Json::Number) => true,
+        Some(Json::Bool(_) | Json::Number(_)) => true,
     }
 }
 
@@ -191,14 +213,14 @@ impl<'de> Visitor<'de> for JsonVisitor {
     fn visit_bool<E>(self, v: bool) -> Result<Json, E> {
         Ok(Json::Bool(v))
     }
-    fn visit_i64<E>(self, _: i64) -> Result<Json, E> {
-        Ok(Json::Number)
+    fn visit_i64<E>(self, v: i64) -> Result<Json, E> {
+        Ok(Json::Number(v as f64))
     }
-    fn visit_u64<E>(self, _: u64) -> Result<Json, E> {
-        Ok(Json::Number)
+    fn visit_u64<E>(self, v: u64) -> Result<Json, E> {
+        Ok(Json::Number(v as f64))
     }
-    fn visit_f64<E>(self, _: f64) -> Result<Json, E> {
-        Ok(Json::Number)
+    fn visit_f64<E>(self, v: f64) -> Result<Json, E> {
+        Ok(Json::Number(v))
     }
     fn visit_str<E>(self, v: &str) -> Result<Json, E> {
         Ok(Json::String(v.to_owned()))

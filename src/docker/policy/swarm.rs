@@ -1,13 +1,27 @@
-//! Swarm services: `POST /services/create` and `POST /services/{id}/update`
-//! carry a `ServiceSpec` whose tasks run on any node of the swarm without
-//! another API call, so the spec is checked here, on the manager.
+//! Swarm: membership is the agent's business, and services are containers
+//! too. `POST /services/create` and `POST /services/{id}/update` carry a
+//! `ServiceSpec` whose tasks run on any node of the swarm without another
+//! API call (a node's dockerd creates them through its executor, which the
+//! authorization plugin never sees), so the spec gets every container rule
+//! here, on the manager.
 
-use super::gojson::{Json, bool_of, str_of, strings_of};
-use super::mounts::check_mounts;
-use super::{Check, Denial, PathResolver, Rule};
+use super::gojson::{Json, array_of, bool_of, is_set, str_of, strings_of};
+use super::mounts::{check_mounts, quote};
+use super::options::{check_isolation, check_log_driver, check_priority, check_sysctls};
+use super::{Check, DataArea, Denial, Rule};
+
+/// The refusal of `docker swarm init/join/leave/update/unlock` and of node
+/// changes. A segment joined to a manager the agent did not set up would
+/// run that manager's tasks, outside every rule of this policy.
+pub(crate) fn membership_denial() -> Denial {
+    Denial::new(
+        Rule::Swarm,
+        "swarm membership (docker swarm init/join/leave/update/unlock, docker node update/rm) is managed by the segment agent and not allowed by policy",
+    )
+}
 
 /// Checks a `ServiceSpec`.
-pub(crate) fn check_service_spec(spec: &Json, resolver: &dyn PathResolver) -> Check {
+pub(crate) fn check_service_spec(spec: &Json, area: &dyn DataArea) -> Check {
     let Some(task) = spec.field("TaskTemplate")? else {
         return Ok(());
     };
@@ -18,9 +32,24 @@ pub(crate) fn check_service_spec(spec: &Json, resolver: &dyn PathResolver) -> Ch
             "plugin services (plugins get host privileges) are not allowed by policy",
         ));
     }
+    if !matches!(runtime.to_ascii_lowercase().as_str(), "" | "container") {
+        return Err(Denial::new(
+            Rule::Runtime,
+            format!(
+                "service runtime {} is not allowed by policy (only container)",
+                quote(runtime)
+            ),
+        ));
+    }
+    check_log_driver(str_of(task.path(&["LogDriver", "Name"])?, "Name")?)?;
+    check_generic_resources(task)?;
     let Some(container) = task.field("ContainerSpec")? else {
         return Ok(());
     };
+    check_container_spec(container, area)
+}
+
+fn check_container_spec(container: &Json, area: &dyn DataArea) -> Check {
     if !strings_of(container.field("CapabilityAdd")?, "CapabilityAdd")?.is_empty() {
         return Err(Denial::new(
             Rule::CapAdd,
@@ -34,7 +63,26 @@ pub(crate) fn check_service_spec(spec: &Json, resolver: &dyn PathResolver) -> Ch
         ));
     }
     check_privileges(container.field("Privileges")?)?;
-    check_mounts(container.field("Mounts")?, resolver)
+    check_sysctls(container.field("Sysctls")?)?;
+    check_isolation(str_of(container.field("Isolation")?, "Isolation")?)?;
+    // `Ulimits` (API 1.41); API 1.46 added `OomScoreAdj` to services.
+    check_priority(container)?;
+    check_mounts(container.field("Mounts")?, area)
+}
+
+/// `Resources.{Reservations,Limits}.GenericResources`: node resources such
+/// as GPUs, handed to tasks like `--gpus`.
+fn check_generic_resources(task: &Json) -> Check {
+    for side in ["Reservations", "Limits"] {
+        let generic = task.path(&["Resources", side, "GenericResources"])?;
+        if !array_of(generic, "GenericResources")?.is_empty() {
+            return Err(Denial::new(
+                Rule::Devices,
+                "generic resources (GPUs and other node devices) are not allowed by policy",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// `ContainerSpec.Privileges`: SELinux off (API 1.41), and the seccomp and
@@ -46,12 +94,14 @@ fn check_privileges(privileges: Option<&Json>) -> Check {
     let selinux_off = bool_of(privileges.path(&["SELinuxContext", "Disable"])?, "Disable")?;
     let seccomp = str_of(privileges.path(&["Seccomp", "Mode"])?, "Mode")?.unwrap_or("");
     let apparmor = str_of(privileges.path(&["AppArmor", "Mode"])?, "Mode")?.unwrap_or("");
-    let weakened = if selinux_off {
+    let selinux_type = str_of(privileges.path(&["SELinuxContext", "Type"])?, "Type")?;
+    let weakened = if selinux_off || selinux_type.is_some_and(|t| t.contains("spc_t")) {
         Some("SELinux labels disabled")
     } else if matches!(
         seccomp.to_ascii_lowercase().as_str(),
         "unconfined" | "custom"
-    ) {
+    ) || is_set(privileges.path(&["Seccomp", "Profile"])?)
+    {
         Some("seccomp unconfined or custom")
     } else if apparmor.eq_ignore_ascii_case("disabled") {
         Some("AppArmor disabled")
