@@ -673,3 +673,56 @@ async fn a_create_whose_caller_hangs_up_still_completes() {
     // A retry is then a plain idempotent success.
     assert_eq!(a.create("web-1", "c1").await, s);
 }
+
+#[tokio::test]
+async fn every_start_hands_the_segments_cgroups_over_with_its_own_ids() {
+    use segment_agent::{cgroups::SegmentLimits, hypervisor::fake::FAKE_INIT_PID};
+    let mut a = FakeAgent::start("[isolation]\npids_max = 777\n").await;
+    a.create("ida", "c1").await;
+    a.create("idb", "c1").await;
+    let first = |owner| {
+        (
+            FAKE_INIT_PID,
+            SegmentLimits {
+                pids_max: 777,
+                workload_memory_bytes: None,
+                owner,
+            },
+        )
+    };
+    assert_eq!(
+        a.cgroups.calls(),
+        [first(1_000_000), first(1_065_536)],
+        "one id range each"
+    );
+    // The ranges are pinned in the domains' metadata and in the XML.
+    let xml = a.hv.domain_xml("seg-idb").unwrap();
+    assert!(
+        xml.contains(r#"<uid start="0" target="1065536" count="65536"/>"#),
+        "{xml}"
+    );
+    // A stop and a start hand them over again, with the same ids.
+    a.client
+        .stop_segment(segment_agent::proto::agent::StopSegmentRequest {
+            segment_id: "ida".into(),
+            timeout_seconds: 1,
+        })
+        .await
+        .unwrap();
+    a.client
+        .start_segment(segment_agent::proto::agent::StartSegmentRequest {
+            segment_id: "ida".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(a.cgroups.calls().last(), Some(&first(1_000_000)));
+    // After a delete its range is free again; the next segment gets it.
+    a.client
+        .delete_segment(segment_agent::proto::agent::DeleteSegmentRequest {
+            segment_id: "ida".into(),
+        })
+        .await
+        .unwrap();
+    a.create("idc", "c1").await;
+    assert_eq!(a.cgroups.calls().last(), Some(&first(1_000_000)));
+}

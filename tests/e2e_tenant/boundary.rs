@@ -77,7 +77,11 @@ async fn segment_root_is_an_unprivileged_host_uid_confined_to_its_cgroups() {
         agent.log()
     );
     let supervisor = supervisor_pid("seg-tuid-a");
-    assert_eq!(host_uid(supervisor), root, "the supervisor runs as segment root");
+    assert_eq!(
+        host_uid(supervisor),
+        root,
+        "the supervisor runs as segment root"
+    );
     let map = std::fs::read_to_string(format!("/proc/{init}/uid_map")).unwrap();
     assert_eq!(
         map.split_whitespace().collect::<Vec<_>>(),
