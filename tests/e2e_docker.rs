@@ -87,7 +87,20 @@ async fn docker_answers_only_to_client_certs_of_the_cluster_ca() {
         .unwrap()
         .permissions()
         .mode();
-    assert_eq!(mode & 0o777, 0o600, "server-key.pem is 0600");
+    assert_eq!(mode & 0o777, 0o400, "server-key.pem is 0400");
+    let s_info = agent.segment_dir("dtls-a").join("upper");
+    let root_uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&s_info).unwrap());
+    assert!(
+        root_uid >= 1_000_000,
+        "the segment's root is unprivileged: {root_uid}"
+    );
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::uid(
+            &std::fs::metadata(etc.join("server-key.pem")).unwrap()
+        ),
+        root_uid,
+        "the server key belongs to the segment's root, who runs dockerd"
+    );
     assert_eq!(
         std::fs::read_to_string(etc.join("ca.pem")).unwrap(),
         ca.cert_pem
@@ -250,7 +263,8 @@ async fn policy_refuses_every_rule_with_its_code_and_allows_the_rest() {
         ]),
         "bound"
     );
-    let host_side = agent.segment_dir("dpol-a").join("docker/seg-test-bind/f");
+    // The customer data area, not dockerd's data root.
+    let host_side = agent.segment_dir("dpol-a").join("data/seg-test-bind/f");
     assert_eq!(
         std::fs::read_to_string(&host_side).unwrap().trim(),
         "bound",
@@ -502,14 +516,21 @@ async fn memory_flavor_caps_containers_and_docker_reports_oom_kills() {
     // every run must be a kill at the cap, and Docker must report the OOM
     // kill within 3 runs (all 3 missing it: ~1 in 10^4).
     // The containers' cgroup (the segment's minus the management reserve)
-    // is where the cap is met.
-    let failcnt = || {
-        std::fs::read_to_string(mem.join("docker/memory.failcnt"))
-            .unwrap()
-            .trim()
-            .parse::<u64>()
-            .unwrap()
+    // is where the cap is met: its limit counters or its OOM kills count up.
+    let hits = || {
+        let read = |f: &str| std::fs::read_to_string(mem.join(f)).unwrap_or_default();
+        let counters: u64 = ["docker/memory.failcnt", "docker/memory.memsw.failcnt"]
+            .iter()
+            .filter_map(|f| read(f).trim().parse::<u64>().ok())
+            .sum();
+        let kills: u64 = read("docker/memory.oom_control")
+            .lines()
+            .find_map(|l| l.strip_prefix("oom_kill "))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0);
+        counters + kills
     };
+    let failcnt = hits;
     let mut reported = Vec::new();
     for run in 1..=3 {
         let name = format!("hog-{run}");
@@ -519,7 +540,10 @@ async fn memory_flavor_caps_containers_and_docker_reports_oom_kills() {
         assert!(!out.stdout.contains("held"), "{out:?}");
         assert!(
             failcnt() > hits,
-            "the containers' memory limit was hit (docker/memory.failcnt)"
+            "the containers' memory limit was hit (docker/: failcnt, memsw.failcnt, oom_kill): \
+             {hits} -> {}; {:?}",
+            failcnt(),
+            std::fs::read_to_string(mem.join("docker/memory.oom_control"))
         );
         let state = cli.inspect("{{.State.OOMKilled}} {{.State.ExitCode}}", &name);
         assert!(state.ends_with(" 137"), "{state}");

@@ -87,16 +87,42 @@ pub(super) fn take_in_hand(
         .find(|h| h.controllers.contains("memory"))
         .ok_or_else(|| err("find", root)(std::io::Error::other("no memory hierarchy mounted")))?;
     sweep(&all, memory, &seg);
-    let members: Vec<u32> = procs(&memory.mount.join(&seg))?
-        .into_iter()
-        .filter(|&p| p != controller)
-        .collect();
+    place_all(&all, &memory.mount.join(&seg), &seg, controller)?;
     for h in &all {
-        let dir = h.mount.join(&seg);
-        place(&dir, &members)?;
-        limit(h, &dir, limits)?;
+        limit(h, &h.mount.join(&seg), limits)?;
     }
     Ok(())
+}
+
+/// Places every process of the segment (its memory cgroup's, libvirt's
+/// controller aside) in every hierarchy, pass after pass until a pass finds
+/// no process it has not placed: a process forked by one not yet moved
+/// (tini starting the supervisor) is caught by the next pass; one forked
+/// after its parent moved is born in the right place.
+fn place_all(
+    all: &[Hierarchy],
+    memory_dir: &Path,
+    seg: &str,
+    controller: u32,
+) -> Result<(), CgroupError> {
+    let mut placed = BTreeSet::new();
+    for _ in 0..100 {
+        let members: BTreeSet<u32> = procs(memory_dir)?
+            .into_iter()
+            .filter(|&p| p != controller)
+            .collect();
+        if !placed.is_empty() && members.is_subset(&placed) {
+            return Ok(());
+        }
+        let list: Vec<u32> = members.iter().copied().collect();
+        for h in all {
+            place(&h.mount.join(seg), &list)?;
+        }
+        placed.extend(members);
+    }
+    Err(err("place the processes of", memory_dir)(
+        std::io::Error::other("the segment kept forking new processes while they were placed"),
+    ))
 }
 
 /// [`sweep`] over libvirt's default partition, after a segment stopped.
@@ -110,16 +136,27 @@ pub(super) fn sweep_stopped(root: &Path, proc: &Path) {
     }
 }
 
+/// The v1 hierarchies libvirt's LXC driver leaves alone: the agent makes the
+/// segments' cgroups there, so it removes them too.
+const NOT_LIBVIRTS: [&str; 2] = ["pids", "name=systemd"];
+
 /// Removes the cgroups the agent made for segments that are gone: libvirt
 /// removes the ones it made when a domain stops, not those in hierarchies
-/// it does not manage (`pids`, `name=systemd`). A cgroup of a domain that
-/// still runs is never touched; one still holding processes cannot be
-/// removed anyway. Best effort: a failure only leaves an empty directory.
+/// it does not manage ([`NOT_LIBVIRTS`]; never one of libvirt's, which a
+/// domain being started has before its memory cgroup). A cgroup of a
+/// domain that still runs is never touched; one still holding processes
+/// cannot be removed anyway. Best effort: a failure leaves an empty
+/// directory.
 fn sweep(all: &[Hierarchy], memory: &Hierarchy, seg: &str) {
     let Some(parent) = Path::new(seg).parent() else {
         return;
     };
-    for h in all.iter().filter(|h| h.mount != memory.mount) {
+    let agents = |h: &&Hierarchy| {
+        h.controllers
+            .iter()
+            .all(|c| NOT_LIBVIRTS.contains(&c.as_str()))
+    };
+    for h in all.iter().filter(agents) {
         let Ok(entries) = std::fs::read_dir(h.mount.join(parent)) else {
             continue;
         };

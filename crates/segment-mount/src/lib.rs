@@ -137,6 +137,11 @@ pub fn bind(source: &Path, target: &Path, options: BindOptions) -> io::Result<()
 
 /// A user namespace fd carrying `map` for uids and gids.
 fn user_namespace(map: IdMap) -> io::Result<File> {
+    // One child at a time: a child forked by another thread would inherit
+    // this one's pipe ends (no exec closes them) and the two could wait on
+    // each other.
+    static FORK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = FORK.lock().unwrap_or_else(|e| e.into_inner());
     let (ready_r, ready_w) = pipe()?;
     let (go_r, go_w) = pipe()?;
     // SAFETY: the child only makes async-signal-safe system calls (unshare,
@@ -160,7 +165,11 @@ fn user_namespace(map: IdMap) -> io::Result<File> {
     }
     drop((ready_w, go_r));
     let result = map_child(pid, &ready_r, map);
-    drop(go_w); // the child's read returns: it exits
+    // Release the child with a byte (not EOF: another copy of the write end
+    // may live on elsewhere); it exits.
+    // SAFETY: writing one byte from a live buffer to our pipe.
+    unsafe { libc::write(go_w.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
+    drop(go_w);
     let mut status = 0;
     // SAFETY: reaping our own child.
     unsafe { libc::waitpid(pid, &mut status, 0) };
