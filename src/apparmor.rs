@@ -1,7 +1,14 @@
 //! AppArmor confinement of segments: the profile ([`PROFILE_TEXT`]), the
 //! kernel check ([`ProfileLoader::available`]) and an idempotent installer
-//! ([`ProfileInstaller::install`]); libvirt applies the profile to each segment
-//! through a static `<seclabel>`. Every call blocks: use `spawn_blocking`.
+//! ([`ProfileInstaller::install`]). Every call blocks: use `spawn_blocking`.
+//!
+//! How a segment gets the profile: libvirt's AppArmor driver moves every
+//! domain's process to a profile named `libvirt-<uuid>` just before it
+//! executes the init, whatever a static `<seclabel>` names, and generates that
+//! profile only for a dynamic `<seclabel>`, from
+//! `/etc/apparmor.d/libvirt/TEMPLATE.lxc`. So segments carry a dynamic label,
+//! and the installer replaces the template with [`LIBVIRT_TEMPLATE_TEXT`], a
+//! trampoline whose one rule executes the init under [`PROFILE_NAME`].
 
 use std::fs::{self, File, Permissions};
 use std::io::{self, Write};
@@ -16,6 +23,14 @@ use tempfile::NamedTempFile;
 pub const PROFILE_NAME: &str = "segment-agent-segment";
 /// Text of the profile (`apparmor/segment-agent-segment` in the source tree).
 pub const PROFILE_TEXT: &str = include_str!("../apparmor/segment-agent-segment");
+
+/// libvirt's template of per-domain LXC profiles (`apparmor/libvirt/TEMPLATE.lxc`).
+pub const LIBVIRT_TEMPLATE_TEXT: &str = include_str!("../apparmor/libvirt/TEMPLATE.lxc");
+/// Where libvirt's AppArmor driver (libvirt-daemon-system) keeps its templates
+/// and the profiles it generates, relative to the profile directory.
+pub const LIBVIRT_TEMPLATE_DIR: &str = "libvirt";
+/// File name of the LXC template in [`LIBVIRT_TEMPLATE_DIR`].
+pub const LIBVIRT_TEMPLATE_FILE: &str = "TEMPLATE.lxc";
 
 /// Default profile directory: the one the boot-time `apparmor.service` loads,
 /// so the profile is back in the kernel before libvirt restarts segments.
@@ -67,6 +82,13 @@ pub enum ApparmorError {
     /// The profile (the path) could not be written.
     #[error("cannot write profile {}", .0.display())]
     Write(PathBuf, #[source] io::Error),
+    /// libvirt's AppArmor template directory (the path) is missing: libvirtd
+    /// has no AppArmor driver, so it could not confine a segment.
+    #[error(
+        "{} does not exist: libvirt's AppArmor support (libvirt-daemon-system) is not installed",
+        .0.display()
+    )]
+    NoLibvirtTemplates(PathBuf),
 }
 
 /// Why [`ApparmorError::Unavailable`] was returned; each names the path checked.
@@ -160,7 +182,8 @@ pub enum InstallOutcome {
     Loaded,
 }
 
-/// Installs [`PROFILE_TEXT`] as `<dir>/segment-agent-segment` and loads it.
+/// Installs [`PROFILE_TEXT`] as `<dir>/segment-agent-segment` and loads it,
+/// then [`LIBVIRT_TEMPLATE_TEXT`] as `<dir>/libvirt/TEMPLATE.lxc`.
 #[derive(Debug)]
 pub struct ProfileInstaller<L: ProfileLoader> {
     dir: PathBuf,
@@ -178,6 +201,47 @@ impl<L: ProfileLoader> ProfileInstaller<L> {
         self.dir.join(PROFILE_NAME)
     }
 
+    /// Where libvirt's LXC template is installed.
+    pub fn template_path(&self) -> PathBuf {
+        self.dir.join(LIBVIRT_TEMPLATE_DIR).join(LIBVIRT_TEMPLATE_FILE)
+    }
+
+    /// Installs the profile ([`Self::install_profile`]), then the template
+    /// ([`Self::install_template`]): the template's exec rule names the
+    /// profile, so the profile is in the kernel before any segment can use it.
+    pub fn install(&self) -> Result<InstallOutcome, ApparmorError> {
+        let outcome = self.install_profile()?;
+        self.install_template()?;
+        Ok(outcome)
+    }
+
+    /// Writes libvirt's LXC template unless it already holds exactly
+    /// [`LIBVIRT_TEMPLATE_TEXT`]. Nothing is loaded: virt-aa-helper compiles
+    /// the template into each domain's profile when the domain starts. Fails
+    /// when libvirt's template directory is missing (no AppArmor driver in
+    /// libvirtd: segments would not be confined).
+    pub fn install_template(&self) -> Result<(), ApparmorError> {
+        let path = self.template_path();
+        let dir = self.dir.join(LIBVIRT_TEMPLATE_DIR);
+        if !dir.is_dir() {
+            return Err(ApparmorError::NoLibvirtTemplates(dir));
+        }
+        match fs::read(&path) {
+            Ok(bytes) if bytes == LIBVIRT_TEMPLATE_TEXT.as_bytes() => return Ok(()),
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                return Err(ApparmorError::ReadInstalled(path, e));
+            }
+            _ => {}
+        }
+        let staged = stage(&dir, LIBVIRT_TEMPLATE_FILE, LIBVIRT_TEMPLATE_TEXT, &path)?;
+        staged
+            .persist(&path)
+            .map_err(|e| write_err(&path)(e.error))?;
+        sync_dir(&dir);
+        tracing::info!(path = %path.display(), "libvirt's LXC AppArmor template installed");
+        Ok(())
+    }
+
     /// Loads, then writes, the profile unless the installed file already holds
     /// exactly [`PROFILE_TEXT`]; then it does neither.
     ///
@@ -187,7 +251,7 @@ impl<L: ProfileLoader> ProfileInstaller<L> {
     /// loaded from there, then renamed over the profile. A failed load or a
     /// crash before the rename leaves the old file (or none), so the next
     /// install differs and loads again; no marker file is needed.
-    pub fn install(&self) -> Result<InstallOutcome, ApparmorError> {
+    pub fn install_profile(&self) -> Result<InstallOutcome, ApparmorError> {
         let path = self.profile_path();
         match fs::read(&path) {
             Ok(bytes) if bytes == PROFILE_TEXT.as_bytes() => {
@@ -199,32 +263,39 @@ impl<L: ProfileLoader> ProfileInstaller<L> {
             }
             _ => {}
         }
-        let staged = self.stage(&path)?;
+        let staged = stage(&self.dir, PROFILE_NAME, PROFILE_TEXT, &path)?;
         self.loader.load(staged.path())?;
         staged
             .persist(&path)
             .map_err(|e| write_err(&path)(e.error))?;
-        // Harmless if it fails: a rename lost in a crash means one more load.
-        if let Err(e) = File::open(&self.dir).and_then(|dir| dir.sync_all()) {
-            tracing::warn!(error = %e, dir = %self.dir.display(), "cannot fsync profile dir");
-        }
+        sync_dir(&self.dir);
         tracing::info!(profile = PROFILE_NAME, path = %path.display(), "AppArmor profile loaded");
         Ok(InstallOutcome::Loaded)
     }
+}
 
-    /// Writes the profile text to a fsynced hidden temporary file next to `path`.
-    fn stage(&self, path: &Path) -> Result<NamedTempFile, ApparmorError> {
-        let err = write_err(path);
-        let mut builder = tempfile::Builder::new();
-        let prefix = format!(".{PROFILE_NAME}.");
-        let file = builder.prefix(&prefix).tempfile_in(&self.dir);
-        let mut file = file.map_err(&err)?;
-        file.write_all(PROFILE_TEXT.as_bytes()).map_err(&err)?;
-        // apparmor_parser runs as root; 0644 matches the other profiles.
-        let perms = Permissions::from_mode(0o644);
-        file.as_file().set_permissions(perms).map_err(&err)?;
-        file.as_file().sync_all().map_err(&err)?;
-        Ok(file)
+/// Writes `text` to a fsynced hidden temporary file `.<name>.*` in `dir`, to
+/// be renamed over `path` (the error names `path`). Hidden: neither
+/// `apparmor.service` nor virt-aa-helper reads dot files.
+fn stage(dir: &Path, name: &str, text: &str, path: &Path) -> Result<NamedTempFile, ApparmorError> {
+    let err = write_err(path);
+    let mut builder = tempfile::Builder::new();
+    let prefix = format!(".{name}.");
+    let file = builder.prefix(&prefix).tempfile_in(dir);
+    let mut file = file.map_err(&err)?;
+    file.write_all(text.as_bytes()).map_err(&err)?;
+    // apparmor_parser and virt-aa-helper run as root; 0644 matches the other profiles.
+    let perms = Permissions::from_mode(0o644);
+    file.as_file().set_permissions(perms).map_err(&err)?;
+    file.as_file().sync_all().map_err(&err)?;
+    Ok(file)
+}
+
+/// Makes a rename in `dir` durable. Harmless if it fails: a rename lost in a
+/// crash means one more write (and load) at the next start.
+fn sync_dir(dir: &Path) {
+    if let Err(e) = File::open(dir).and_then(|dir| dir.sync_all()) {
+        tracing::warn!(error = %e, dir = %dir.display(), "cannot fsync AppArmor dir");
     }
 }
 
@@ -285,7 +356,7 @@ mod tests {
                 fs::write(installer.profile_path(), text).unwrap();
             }
             installer.loader.fail.store(fail, SeqCst);
-            assert_eq!(installer.install().ok(), outcome, "{step}");
+            assert_eq!(installer.install_profile().ok(), outcome, "{step}");
             let recorded = installer.loader.loads.lock().unwrap();
             assert_eq!(recorded.len(), loads, "{step}");
             let (staged, text) = recorded.last().unwrap();
@@ -393,5 +464,54 @@ mod tests {
     #[test]
     fn profile_text_defines_the_named_profile() {
         assert!(PROFILE_TEXT.contains(&format!("\nprofile {PROFILE_NAME} flags=")));
+    }
+
+    #[test]
+    fn template_is_a_trampoline_to_the_profile() {
+        // virt-aa-helper replaces LIBVIRT_TEMPLATE with libvirt-<uuid>.
+        let header = "\nprofile LIBVIRT_TEMPLATE flags=(attach_disconnected,mediate_deleted) {\n";
+        assert!(LIBVIRT_TEMPLATE_TEXT.contains(header));
+        let rules: Vec<&str> = LIBVIRT_TEMPLATE_TEXT
+            .split_once(header)
+            .unwrap()
+            .1
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .collect();
+        let exec = format!("/** Px -> {PROFILE_NAME},");
+        assert_eq!(rules, [exec.as_str(), "}"]);
+    }
+
+    #[test]
+    fn install_loads_the_profile_then_writes_the_template() {
+        let dir = TempDir::new().unwrap();
+        let installer = ProfileInstaller::new(dir.path().to_owned(), FakeLoader::default());
+        let template = installer.template_path();
+        // No libvirt AppArmor driver: the profile loads, then install fails closed.
+        let err = installer.install().unwrap_err();
+        assert!(matches!(err, ApparmorError::NoLibvirtTemplates(_)), "{err:?}");
+        assert!(err.to_string().contains("libvirt-daemon-system"), "{err}");
+        assert_eq!(installer.loader.loads.lock().unwrap().len(), 1);
+        // libvirt-daemon-system's own template is replaced, with no leftovers.
+        fs::create_dir(dir.path().join("libvirt")).unwrap();
+        fs::write(&template, "profile LIBVIRT_TEMPLATE { file, }\n").unwrap();
+        assert_eq!(installer.install().unwrap(), Unchanged);
+        assert_eq!(fs::read_to_string(&template).unwrap(), LIBVIRT_TEMPLATE_TEXT);
+        let meta = fs::metadata(&template).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o644);
+        let files = fs::read_dir(dir.path().join("libvirt")).unwrap().count();
+        assert_eq!(files, 1, "leftover staged files");
+        // Same text: the file is left alone (same inode), nothing loaded again.
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(installer.install().unwrap(), Unchanged);
+        assert_eq!(fs::metadata(&template).unwrap().ino(), meta.ino());
+        assert_eq!(installer.loader.loads.lock().unwrap().len(), 1);
+        // A failed profile load leaves the template untouched.
+        fs::write(&template, "stock\n").unwrap();
+        fs::write(installer.profile_path(), OLD).unwrap();
+        installer.loader.fail.store(true, SeqCst);
+        assert!(installer.install().is_err());
+        assert_eq!(fs::read_to_string(&template).unwrap(), "stock\n");
     }
 }
