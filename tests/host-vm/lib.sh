@@ -1,0 +1,161 @@
+# Helpers of the production-like host suite; `run` sources this before each
+# test. Runs inside the VM as root, against the agent that systemd runs.
+# shellcheck shell=bash
+set -euo pipefail
+
+SOCK=/run/segment-agent/agent.sock
+CONFIG=/etc/segment-agent/agent.toml
+PROFILE=segment-agent-segment
+# Shared by the phases of one run (it survives the reboot).
+STATE=/var/lib/host-vm-tests
+mkdir -p "$STATE"
+
+say() { printf '%s\n' "$*" >&2; }
+fail() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }
+
+# expect_eq ACTUAL EXPECTED WHAT
+expect_eq() { [ "$1" = "$2" ] || fail "$3: expected '$2', got '$1'"; say "ok: $3 = '$2'"; }
+# expect_match TEXT EXTENDED-REGEX WHAT
+expect_match() { grep -Eq -- "$2" <<<"$1" || fail "$3: '$1' does not match /$2/"; say "ok: $3"; }
+# expect_no_match TEXT EXTENDED-REGEX WHAT
+expect_no_match() { ! grep -Eq -- "$2" <<<"$1" || fail "$3: '$1' matches /$2/"; say "ok: $3"; }
+# expect_fails WHAT CMD...: CMD must exit non-zero; its output is left in $OUT.
+expect_fails() {
+    local what=$1
+    shift
+    if OUT=$("$@" 2>&1); then fail "$what: succeeded: $OUT"; fi
+    say "ok: $what fails: $(head -c 300 <<<"$OUT")"
+}
+
+# wait_until SECONDS WHAT CMD...: polls CMD every half second.
+wait_until() {
+    local deadline=$((SECONDS + $1)) what=$2
+    shift 2
+    until "$@" >/dev/null 2>&1; do
+        ((SECONDS < deadline)) || fail "timed out after $1 s waiting for $what"
+        sleep 0.5
+    done
+}
+
+# ---- the agent's API ----
+
+G() { grpcurl -plaintext -authority localhost -max-time 300 -unix "$SOCK" "$@"; }
+# rpc METHOD [JSON]: the response on stdout; fails on an error status.
+rpc() { G -d "${2:-{\}}" "segment.agent.v1.SegmentAgent/$1"; }
+# rpc_error METHOD JSON: the error's "Code: ..." and "Message: ..." lines; fails on success.
+rpc_error() {
+    local out
+    if out=$(G -d "$2" "segment.agent.v1.SegmentAgent/$1" 2>&1); then fail "$1 succeeded: $out"; fi
+    printf '%s\n' "$out"
+}
+agent_serving() { G grpc.health.v1.Health/Check | grep -q '"SERVING"'; }
+
+# ---- segments ----
+
+# create_dev ID [MEMORY_MIB]: a busybox segment; prints the segment (JSON).
+create_dev() {
+    local seg
+    seg=$(rpc CreateSegment "{\"segment_id\":\"$1\",\"cluster_id\":\"vm\",\"image\":\"dev\",\"flavor\":{\"memory_mib\":${2:-0}}}")
+    expect_eq "$(jq -r .state <<<"$seg")" SEGMENT_STATE_RUNNING "state of new segment $1"
+    printf '%s\n' "$seg"
+}
+
+# The cluster CA and a customer client certificate of it, made once per run.
+make_ca() {
+    local d=$STATE/ca
+    [ -f "$d/cert.pem" ] && return 0
+    mkdir -p "$d"
+    (
+        cd "$d"
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
+            -keyout ca-key.pem -out ca.pem -subj /CN=cluster-vm \
+            -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign
+        openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout key.pem \
+            -out client.csr -subj /CN=customer
+        openssl x509 -req -in client.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -days 2 \
+            -out cert.pem -extfile <(printf 'extendedKeyUsage=clientAuth\n')
+    ) >/dev/null 2>&1
+}
+
+# create_docker ID [MEMORY_MIB]: a Docker segment; prints the segment (JSON).
+create_docker() {
+    make_ca
+    local req seg
+    req=$(jq -n --arg id "$1" --argjson mem "${2:-0}" --rawfile ca "$STATE/ca/ca.pem" \
+        --rawfile key "$STATE/ca/ca-key.pem" \
+        '{segment_id: $id, cluster_id: "vm", image: "docker", flavor: {memory_mib: $mem},
+          tls: {ca_cert_pem: $ca, ca_key_pem: $key}}')
+    seg=$(rpc CreateSegment "$req")
+    expect_eq "$(jq -r .state <<<"$seg")" SEGMENT_STATE_RUNNING "state of new Docker segment $1"
+    printf '%s\n' "$seg"
+}
+
+address_of() { rpc GetSegment "{\"segment_id\":\"$1\"}" | jq -r .publicIpv4; }
+
+# The customer's docker CLI against segment ID over mutual TLS.
+dk() {
+    local id=$1
+    shift
+    docker --tlsverify --tlscacert "$STATE/ca/ca.pem" --tlscert "$STATE/ca/cert.pem" \
+        --tlskey "$STATE/ca/key.pem" -H "tcp://$(address_of "$id"):2376" "$@"
+}
+
+# A 2 MB busybox image in segment ID's Docker (no image can be pulled here).
+import_busybox() {
+    local root=$STATE/busybox-rootfs
+    if [ ! -d "$root" ]; then
+        mkdir -p "$root"/{bin,tmp,proc,sys,dev,etc}
+        cp /bin/busybox "$root/bin/"
+        for a in sh ls cat echo sleep dd mount mkdir true false id grep head; do ln -sf busybox "$root/bin/$a"; done
+    fi
+    tar -C "$root" -c . | dk "$1" import - busybox:vm >/dev/null
+}
+
+# init_pid ID: the segment's init, the only child of its libvirt_lxc controller.
+init_pid() {
+    local ctl
+    ctl=$(virsh -q -c lxc:/// domid "seg-$1")
+    [ -n "$ctl" ] && [ "$ctl" != - ] || fail "seg-$1 is not running"
+    awk '{print $1}' "/proc/$ctl/task/$ctl/children"
+}
+
+# The domain's cgroup v2 directory (libvirt's scope for the segment).
+segment_cgroup() {
+    local pid path
+    pid=$(init_pid "$1")
+    path=$(sed -n 's/^0:://p' "/proc/$pid/cgroup")
+    printf '/sys/fs/cgroup%s\n' "$path"
+}
+
+# Every PID in the segment's cgroup tree (its init, dockerd, containers...).
+segment_pids() { find "$(segment_cgroup "$1")" -name cgroup.procs -exec cat {} + | sort -n; }
+
+label_of() { tr -d '\0' <"/proc/$1/attr/current"; }
+
+# in_segment ID CMD...: CMD inside the segment's namespaces under its own
+# AppArmor label, as a process of the segment would run.
+in_segment() {
+    local id=$1
+    shift
+    virsh -q -c lxc:/// lxc-enter-namespace "seg-$id" -- "$@"
+}
+
+# ---- AppArmor's audit trail ----
+
+# mark: a unique line in the kernel log; audit_since MARK prints the AppArmor
+# audit lines logged after it.
+mark() {
+    local m="host-vm-mark-$RANDOM$RANDOM"
+    echo "$m" >/dev/kmsg
+    printf '%s\n' "$m"
+}
+audit_since() { dmesg | sed -n "/$1/,\$p" | grep 'apparmor="' || true; }
+
+# expect_denied MARK PATTERN WHAT: an AppArmor DENIED line matching PATTERN
+# was logged after MARK.
+expect_denied() {
+    local lines
+    lines=$(audit_since "$1" | grep 'apparmor="DENIED"' || true)
+    grep -Eq -- "$2" <<<"$lines" || fail "$3: no AppArmor denial matching /$2/ after $1; audit: ${lines:-none}"
+    say "ok: $3; AppArmor: $(grep -E -- "$2" <<<"$lines" | head -1 | sed 's/^\[[^]]*\] //')"
+}
