@@ -23,6 +23,16 @@ use tempfile::NamedTempFile;
 pub const PROFILE_NAME: &str = "segment-agent-segment";
 /// Text of the profile (`apparmor/segment-agent-segment` in the source tree).
 pub const PROFILE_TEXT: &str = include_str!("../apparmor/segment-agent-segment");
+/// Profile of the Docker containers in segments: runc in a segment may move
+/// them to this name only, and the segment's dockerd cannot load it itself.
+pub const DOCKER_PROFILE_NAME: &str = "docker-default";
+/// Text of the containers' profile (`apparmor/docker-default`).
+pub const DOCKER_PROFILE_TEXT: &str = include_str!("../apparmor/docker-default");
+/// Every profile the agent installs and loads, as (name, text).
+pub const PROFILES: [(&str, &str); 2] = [
+    (PROFILE_NAME, PROFILE_TEXT),
+    (DOCKER_PROFILE_NAME, DOCKER_PROFILE_TEXT),
+];
 
 /// libvirt's template of per-domain LXC profiles (`apparmor/libvirt/TEMPLATE.lxc`).
 pub const LIBVIRT_TEMPLATE_TEXT: &str = include_str!("../apparmor/libvirt/TEMPLATE.lxc");
@@ -176,14 +186,14 @@ impl ProfileLoader for ApparmorParser {
 /// Outcome of [`ProfileInstaller::install`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InstallOutcome {
-    /// The installed file already held [`PROFILE_TEXT`]: nothing written or loaded.
+    /// The installed files already held the [`PROFILES`]: nothing written or loaded.
     Unchanged,
-    /// The profile was loaded into the kernel, then written to disk.
+    /// A profile was loaded into the kernel, then written to disk.
     Loaded,
 }
 
-/// Installs [`PROFILE_TEXT`] as `<dir>/segment-agent-segment` and loads it,
-/// then [`LIBVIRT_TEMPLATE_TEXT`] as `<dir>/libvirt/TEMPLATE.lxc`.
+/// Installs each of the [`PROFILES`] as `<dir>/<name>` and loads it, then
+/// [`LIBVIRT_TEMPLATE_TEXT`] as `<dir>/libvirt/TEMPLATE.lxc`.
 #[derive(Debug)]
 pub struct ProfileInstaller<L: ProfileLoader> {
     dir: PathBuf,
@@ -196,22 +206,36 @@ impl<L: ProfileLoader> ProfileInstaller<L> {
         Self { dir, loader }
     }
 
-    /// Where the profile is installed.
-    pub fn profile_path(&self) -> PathBuf {
-        self.dir.join(PROFILE_NAME)
+    /// Where the profile named `name` is installed.
+    pub fn profile_path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
     }
 
     /// Where libvirt's LXC template is installed.
     pub fn template_path(&self) -> PathBuf {
-        self.dir.join(LIBVIRT_TEMPLATE_DIR).join(LIBVIRT_TEMPLATE_FILE)
+        self.dir
+            .join(LIBVIRT_TEMPLATE_DIR)
+            .join(LIBVIRT_TEMPLATE_FILE)
     }
 
-    /// Installs the profile ([`Self::install_profile`]), then the template
+    /// Installs the profiles ([`Self::install_profiles`]), then the template
     /// ([`Self::install_template`]): the template's exec rule names the
-    /// profile, so the profile is in the kernel before any segment can use it.
+    /// segment profile, so it is in the kernel before any segment can use it.
     pub fn install(&self) -> Result<InstallOutcome, ApparmorError> {
-        let outcome = self.install_profile()?;
+        let outcome = self.install_profiles()?;
         self.install_template()?;
+        Ok(outcome)
+    }
+
+    /// Installs each of the [`PROFILES`] ([`Self::install_profile`]);
+    /// `Loaded` when any was loaded.
+    pub fn install_profiles(&self) -> Result<InstallOutcome, ApparmorError> {
+        let mut outcome = InstallOutcome::Unchanged;
+        for (name, text) in PROFILES {
+            if self.install_profile(name, text)? == InstallOutcome::Loaded {
+                outcome = InstallOutcome::Loaded;
+            }
+        }
         Ok(outcome)
     }
 
@@ -242,8 +266,8 @@ impl<L: ProfileLoader> ProfileInstaller<L> {
         Ok(())
     }
 
-    /// Loads, then writes, the profile unless the installed file already holds
-    /// exactly [`PROFILE_TEXT`]; then it does neither.
+    /// Loads, then writes, profile `name` unless the installed file already
+    /// holds exactly `text`; then it does neither.
     ///
     /// The installed file records what the kernel was given, so it changes
     /// only after a successful load: the text goes to a hidden, fsynced temp
@@ -251,10 +275,10 @@ impl<L: ProfileLoader> ProfileInstaller<L> {
     /// loaded from there, then renamed over the profile. A failed load or a
     /// crash before the rename leaves the old file (or none), so the next
     /// install differs and loads again; no marker file is needed.
-    pub fn install_profile(&self) -> Result<InstallOutcome, ApparmorError> {
-        let path = self.profile_path();
+    pub fn install_profile(&self, name: &str, text: &str) -> Result<InstallOutcome, ApparmorError> {
+        let path = self.profile_path(name);
         match fs::read(&path) {
-            Ok(bytes) if bytes == PROFILE_TEXT.as_bytes() => {
+            Ok(bytes) if bytes == text.as_bytes() => {
                 tracing::debug!(path = %path.display(), "AppArmor profile unchanged");
                 return Ok(InstallOutcome::Unchanged);
             }
@@ -263,13 +287,13 @@ impl<L: ProfileLoader> ProfileInstaller<L> {
             }
             _ => {}
         }
-        let staged = stage(&self.dir, PROFILE_NAME, PROFILE_TEXT, &path)?;
+        let staged = stage(&self.dir, name, text, &path)?;
         self.loader.load(staged.path())?;
         staged
             .persist(&path)
             .map_err(|e| write_err(&path)(e.error))?;
         sync_dir(&self.dir);
-        tracing::info!(profile = PROFILE_NAME, path = %path.display(), "AppArmor profile loaded");
+        tracing::info!(profile = name, path = %path.display(), "AppArmor profile loaded");
         Ok(InstallOutcome::Loaded)
     }
 }
@@ -353,22 +377,23 @@ mod tests {
         ];
         for (step, before, fail, outcome, loads, after) in steps {
             if let Some(text) = before {
-                fs::write(installer.profile_path(), text).unwrap();
+                fs::write(installer.profile_path(PROFILE_NAME), text).unwrap();
             }
             installer.loader.fail.store(fail, SeqCst);
-            assert_eq!(installer.install_profile().ok(), outcome, "{step}");
+            let result = installer.install_profile(PROFILE_NAME, PROFILE_TEXT);
+            assert_eq!(result.ok(), outcome, "{step}");
             let recorded = installer.loader.loads.lock().unwrap();
             assert_eq!(recorded.len(), loads, "{step}");
             let (staged, text) = recorded.last().unwrap();
             let staged_in = staged.parent();
             assert_eq!(staged_in, Some(dir.path()), "{step}: staged alongside");
             assert_eq!(text, NEW, "{step}");
-            let on_disk = fs::read_to_string(installer.profile_path()).ok();
+            let on_disk = fs::read_to_string(installer.profile_path(PROFILE_NAME)).ok();
             assert_eq!(on_disk.as_deref(), after, "{step}");
             let files = fs::read_dir(dir.path()).unwrap().count();
             assert_eq!(files, usize::from(after.is_some()), "{step}: leftovers");
         }
-        let meta = fs::metadata(installer.profile_path()).unwrap();
+        let meta = fs::metadata(installer.profile_path(PROFILE_NAME)).unwrap();
         assert_eq!(meta.permissions().mode() & 0o777, 0o644);
     }
 
@@ -462,8 +487,15 @@ mod tests {
     }
 
     #[test]
-    fn profile_text_defines_the_named_profile() {
-        assert!(PROFILE_TEXT.contains(&format!("\nprofile {PROFILE_NAME} flags=")));
+    fn profile_texts_define_the_named_profiles() {
+        for (name, text) in PROFILES {
+            assert!(text.contains(&format!("\nprofile {name} flags=")), "{name}");
+        }
+        // runc in a segment may move containers to docker-default and nowhere else.
+        assert!(PROFILE_TEXT.contains(&format!("\n  change_profile -> {DOCKER_PROFILE_NAME},\n")));
+        assert_eq!(PROFILE_TEXT.matches("change_profile").count(), 1);
+        let docker_peer = format!("signal (receive) peer={PROFILE_NAME},");
+        assert!(DOCKER_PROFILE_TEXT.contains(&docker_peer));
     }
 
     #[test]
@@ -488,16 +520,36 @@ mod tests {
         let dir = TempDir::new().unwrap();
         let installer = ProfileInstaller::new(dir.path().to_owned(), FakeLoader::default());
         let template = installer.template_path();
-        // No libvirt AppArmor driver: the profile loads, then install fails closed.
+        // No libvirt AppArmor driver: the profiles load, then install fails closed.
         let err = installer.install().unwrap_err();
-        assert!(matches!(err, ApparmorError::NoLibvirtTemplates(_)), "{err:?}");
+        assert!(
+            matches!(err, ApparmorError::NoLibvirtTemplates(_)),
+            "{err:?}"
+        );
         assert!(err.to_string().contains("libvirt-daemon-system"), "{err}");
-        assert_eq!(installer.loader.loads.lock().unwrap().len(), 1);
+        let loaded: Vec<String> = installer
+            .loader
+            .loads
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|l| l.1.clone())
+            .collect();
+        assert_eq!(loaded, [PROFILE_TEXT, DOCKER_PROFILE_TEXT]);
+        for (name, text) in PROFILES {
+            assert_eq!(
+                fs::read_to_string(installer.profile_path(name)).unwrap(),
+                text
+            );
+        }
         // libvirt-daemon-system's own template is replaced, with no leftovers.
         fs::create_dir(dir.path().join("libvirt")).unwrap();
         fs::write(&template, "profile LIBVIRT_TEMPLATE { file, }\n").unwrap();
         assert_eq!(installer.install().unwrap(), Unchanged);
-        assert_eq!(fs::read_to_string(&template).unwrap(), LIBVIRT_TEMPLATE_TEXT);
+        assert_eq!(
+            fs::read_to_string(&template).unwrap(),
+            LIBVIRT_TEMPLATE_TEXT
+        );
         let meta = fs::metadata(&template).unwrap();
         assert_eq!(meta.permissions().mode() & 0o777, 0o644);
         let files = fs::read_dir(dir.path().join("libvirt")).unwrap().count();
@@ -506,10 +558,10 @@ mod tests {
         use std::os::unix::fs::MetadataExt;
         assert_eq!(installer.install().unwrap(), Unchanged);
         assert_eq!(fs::metadata(&template).unwrap().ino(), meta.ino());
-        assert_eq!(installer.loader.loads.lock().unwrap().len(), 1);
+        assert_eq!(installer.loader.loads.lock().unwrap().len(), 2);
         // A failed profile load leaves the template untouched.
         fs::write(&template, "stock\n").unwrap();
-        fs::write(installer.profile_path(), OLD).unwrap();
+        fs::write(installer.profile_path(PROFILE_NAME), OLD).unwrap();
         installer.loader.fail.store(true, SeqCst);
         assert!(installer.install().is_err());
         assert_eq!(fs::read_to_string(&template).unwrap(), "stock\n");

@@ -39,16 +39,17 @@ wait_until() {
 
 # ---- the agent's API ----
 
-G() { grpcurl -plaintext -authority localhost -max-time 300 -unix "$SOCK" "$@"; }
+# G JSON METHOD: grpcurl on the agent's socket (flags before the address).
+G() { grpcurl -plaintext -authority localhost -max-time 300 -d "$1" -unix "$SOCK" "$2"; }
 # rpc METHOD [JSON]: the response on stdout; fails on an error status.
-rpc() { G -d "${2:-{\}}" "segment.agent.v1.SegmentAgent/$1"; }
+rpc() { G "${2:-{\}}" "segment.agent.v1.SegmentAgent/$1"; }
 # rpc_error METHOD JSON: the error's "Code: ..." and "Message: ..." lines; fails on success.
 rpc_error() {
     local out
-    if out=$(G -d "$2" "segment.agent.v1.SegmentAgent/$1" 2>&1); then fail "$1 succeeded: $out"; fi
+    if out=$(G "$2" "segment.agent.v1.SegmentAgent/$1" 2>&1); then fail "$1 succeeded: $out"; fi
     printf '%s\n' "$out"
 }
-agent_serving() { G grpc.health.v1.Health/Check | grep -q '"SERVING"'; }
+agent_serving() { G '{}' grpc.health.v1.Health/Check | grep -q '"SERVING"'; }
 
 # ---- segments ----
 
@@ -127,17 +128,30 @@ segment_cgroup() {
     printf '/sys/fs/cgroup%s\n' "$path"
 }
 
-# Every PID in the segment's cgroup tree (its init, dockerd, containers...).
-segment_pids() { find "$(segment_cgroup "$1")" -name cgroup.procs -exec cat {} + | sort -n; }
+# Every process of the segment: its cgroup tree (its init, dockerd, the
+# containers...) but for libvirt's controller, which libvirt puts there too.
+segment_pids() {
+    local ctl
+    ctl=$(virsh -q -c lxc:/// domid "seg-$1")
+    find "$(segment_cgroup "$1")" -name cgroup.procs -exec cat {} + | grep -vx "$ctl" | sort -n
+}
 
 label_of() { tr -d '\0' <"/proc/$1/attr/current"; }
 
-# in_segment ID CMD...: CMD inside the segment's namespaces under its own
-# AppArmor label, as a process of the segment would run.
+# in_segment ID CMD...: CMD as a process of the segment: in its cgroup, its
+# namespaces and under its AppArmor profile, but with the VM root's full
+# capabilities (more than libvirt leaves a segment, so in a denial test
+# AppArmor alone decides). Not `virsh lxc-enter-namespace`: libvirt 9.0 writes
+# the new process into the domain's scope, which cgroup v2 refuses (EBUSY:
+# the scope has controllers enabled), with or without --noseclabel.
 in_segment() {
-    local id=$1
+    local id=$1 init
     shift
-    virsh -q -c lxc:/// lxc-enter-namespace "seg-$id" -- "$@"
+    init=$(init_pid "$id")
+    # shellcheck disable=SC2016 # expanded by the inner shell
+    sh -c 'p=$1 cg=$2 pid=$3 && shift 3 && echo $$ >"$cg/cgroup.procs" &&
+        exec aa-exec -p "$p" -- nsenter -t "$pid" -a -- "$@"' _ \
+        "$PROFILE" "/sys/fs/cgroup$(sed -n 's/^0:://p' "/proc/$init/cgroup")" "$init" "$@"
 }
 
 # ---- AppArmor's audit trail ----

@@ -12,14 +12,14 @@ expect_match "$(cat "$generated")" "^profile libvirt-$uuid " "libvirt generated 
 expect_match "$(cat "$generated")" "^  /\*\* Px -> $PROFILE,\$" "from the agent's trampoline"
 
 # A few processes more than the init: busybox's sleep and a shell started inside.
-in_segment /bin/sh -c 'sleep 300 </dev/null >/dev/null 2>&1 &'
+in_segment conf-1 /bin/sh -c 'sleep 300 </dev/null >/dev/null 2>&1 &'
 pids=$(segment_pids conf-1)
 [ "$(wc -l <<<"$pids")" -ge 3 ] || fail "expected at least 3 processes in the segment, got: $pids"
 for pid in $pids; do
     expect_eq "$(label_of "$pid")" "$PROFILE (enforce)" "label of PID $pid ($(tr '\0' ' ' <"/proc/$pid/cmdline"))"
 done
-expect_eq "$(in_segment /bin/cat /proc/self/attr/current | tr -d '\0')" "$PROFILE (enforce)" \
-    "label of a process entered with virsh lxc-enter-namespace"
+expect_eq "$(in_segment conf-1 /bin/cat /proc/self/attr/current | tr -d '\0')" "$PROFILE (enforce)" \
+    "label of a process entered into the segment"
 
 # cgroup v2 caps of the default flavor (4096 MiB, 2 vCPUs).
 cg=$(segment_cgroup conf-1)

@@ -1,0 +1,24 @@
+# cgroup v2 caps hold: an allocation past a segment's memory cap is killed by
+# the OOM killer inside the segment's cgroup, in the segment itself and in a
+# Docker container of a Docker segment; the segment keeps running.
+
+oom_kills() { awk '/^oom_kill / {print $2}' "$1/memory.events"; }
+
+create_dev oom-1 256 >/dev/null
+cg=$(segment_cgroup oom-1)
+expect_eq "$(cat "$cg/memory.max")" 268435456 "memory.max of a 256 MiB segment"
+before=$(oom_kills "$cg")
+expect_fails "segment: allocate 400 MiB" in_segment oom-1 dd if=/dev/zero of=/dev/null bs=400M count=1
+expect_eq "$(oom_kills "$cg")" "$((before + 1))" "OOM kills in the segment's cgroup"
+expect_eq "$(rpc GetSegment '{"segment_id":"oom-1"}' | jq -r .state)" SEGMENT_STATE_RUNNING "the segment after the kill"
+rpc DeleteSegment '{"segment_id":"oom-1"}' >/dev/null
+
+create_docker oomdk-1 512 >/dev/null
+import_busybox oomdk-1
+cg=$(segment_cgroup oomdk-1)
+expect_eq "$(cat "$cg/memory.max")" 536870912 "memory.max of a 512 MiB Docker segment"
+expect_fails "container: allocate 700 MiB" dk oomdk-1 run --name hog busybox:vm dd if=/dev/zero of=/dev/null bs=700M count=1
+expect_eq "$(dk oomdk-1 inspect -f '{{.State.OOMKilled}} {{.State.ExitCode}}' hog)" "true 137" "the container was OOM-killed"
+expect_eq "$(rpc GetSegment '{"segment_id":"oomdk-1"}' | jq -r .state)" SEGMENT_STATE_RUNNING "the Docker segment after the kill"
+dk oomdk-1 info >/dev/null || fail "Docker of oomdk-1 does not answer after the kill"
+rpc DeleteSegment '{"segment_id":"oomdk-1"}' >/dev/null
