@@ -512,7 +512,7 @@ mod tests {
             .filter(|l| !l.is_empty() && !l.starts_with('#'))
             .collect();
         let exec = format!("/** Px -> {PROFILE_NAME},");
-        assert_eq!(rules, [exec.as_str(), "}"]);
+        assert_eq!(rules, [exec.as_str(), "ptrace (readby) peer=libvirtd,", "}"]);
     }
 
     #[test]

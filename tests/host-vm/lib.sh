@@ -29,10 +29,10 @@ expect_fails() {
 
 # wait_until SECONDS WHAT CMD...: polls CMD every half second.
 wait_until() {
-    local deadline=$((SECONDS + $1)) what=$2
+    local seconds=$1 what=$2 deadline=$((SECONDS + $1))
     shift 2
     until "$@" >/dev/null 2>&1; do
-        ((SECONDS < deadline)) || fail "timed out after $1 s waiting for $what"
+        ((SECONDS < deadline)) || fail "timed out after $seconds s waiting for $what"
         sleep 0.5
     done
 }

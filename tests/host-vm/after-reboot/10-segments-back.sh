@@ -7,8 +7,9 @@
 [ "$(cat /proc/sys/kernel/random/boot_id)" != "$boot_id" ] || fail "this is the same boot"
 say "ok: a new boot"
 expect_eq "$(systemctl is-active segment-agent)" active "agent after the reboot"
-wait_until 120 "rb-1 and dk-1 running" sh -c \
-    ". /root/host-vm-tests/lib.sh; for s in rb-1 dk-1; do rpc GetSegment \"{\\\"segment_id\\\":\\\"\$s\\\"}\" | grep -q SEGMENT_STATE_RUNNING || exit 1; done"
+running() { rpc GetSegment "{\"segment_id\":\"$1\"}" | grep -q SEGMENT_STATE_RUNNING; }
+wait_until 120 "rb-1 running" running rb-1
+wait_until 120 "dk-1 running" running dk-1
 expect_eq "$(address_of rb-1)" "$rb1_address" "address of rb-1"
 expect_eq "$(address_of dk-1)" "$dk1_address" "address of dk-1"
 for id in rb-1 dk-1; do

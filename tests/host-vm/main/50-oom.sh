@@ -17,6 +17,7 @@ create_docker oomdk-1 512 >/dev/null
 import_busybox oomdk-1
 cg=$(segment_cgroup oomdk-1)
 expect_eq "$(cat "$cg/memory.max")" 536870912 "memory.max of a 512 MiB Docker segment"
+dk oomdk-1 rm -f hog >/dev/null 2>&1 || true
 expect_fails "container: allocate 700 MiB" dk oomdk-1 run --name hog busybox:vm dd if=/dev/zero of=/dev/null bs=700M count=1
 expect_eq "$(dk oomdk-1 inspect -f '{{.State.OOMKilled}} {{.State.ExitCode}}' hog)" "true 137" "the container was OOM-killed"
 expect_eq "$(rpc GetSegment '{"segment_id":"oomdk-1"}' | jq -r .state)" SEGMENT_STATE_RUNNING "the Docker segment after the kill"
