@@ -8,7 +8,9 @@
 //! profile only for a dynamic `<seclabel>`, from
 //! `/etc/apparmor.d/libvirt/TEMPLATE.lxc`. So segments carry a dynamic label,
 //! and the installer replaces the template with [`LIBVIRT_TEMPLATE_TEXT`], a
-//! trampoline whose one rule executes the init under [`PROFILE_NAME`].
+//! trampoline whose exec rule runs the init under [`PROFILE_NAME`]. The
+//! segments' Docker containers run under [`DOCKER_PROFILE_NAME`], which the
+//! installer loads too: dockerd inside a segment cannot load a profile.
 
 use std::fs::{self, File, Permissions};
 use std::io::{self, Write};
@@ -512,7 +514,10 @@ mod tests {
             .filter(|l| !l.is_empty() && !l.starts_with('#'))
             .collect();
         let exec = format!("/** Px -> {PROFILE_NAME},");
-        assert_eq!(rules, [exec.as_str(), "ptrace (readby) peer=libvirtd,", "}"]);
+        assert_eq!(
+            rules,
+            [exec.as_str(), "ptrace (readby) peer=libvirtd,", "}"]
+        );
     }
 
     #[test]

@@ -173,3 +173,16 @@ expect_denied() {
     grep -Eq -- "$2" <<<"$lines" || fail "$3: no AppArmor denial matching /$2/ after $1; audit: ${lines:-none}"
     say "ok: $3; AppArmor: $(grep -E -- "$2" <<<"$lines" | head -1 | sed 's/^\[[^]]*\] //')"
 }
+
+# AppArmor logs a denied capability once per CPU for the same profile (a
+# per-CPU cache of the last denial). A denial under a throwaway profile on
+# every CPU clears it, so the next capability denial is logged.
+reset_capability_audit() {
+    local cpu
+    printf 'profile host-vm-cap-reset flags=(attach_disconnected) { /** rmix, capability, audit deny capability sys_module, }\n' |
+        apparmor_parser -r
+    cp /bin/true /tmp/host-vm-cap-reset.ko
+    for cpu in $(seq 0 $(($(nproc) - 1))); do
+        taskset -c "$cpu" aa-exec -p host-vm-cap-reset -- insmod /tmp/host-vm-cap-reset.ko >/dev/null 2>&1 || true
+    done
+}

@@ -1,6 +1,18 @@
-# cgroup v2 caps hold: an allocation past a segment's memory cap is killed by
-# the OOM killer inside the segment's cgroup, in the segment itself and in a
-# Docker container of a Docker segment; the segment keeps running.
+# cgroup v2 caps hold: a Docker container's cgroup lies under the segment's
+# capped one; an allocation past a segment's memory cap is killed by the OOM
+# killer inside the segment's cgroup, in the segment itself and in a Docker
+# container of a Docker segment; the segment keeps running. Uses dk-1.
+
+# dk-1's container "web" (30-docker) is under the cgroup that carries the caps.
+cg=$(segment_cgroup dk-1)
+expect_eq "$(cat "$cg/memory.max") $(cat "$cg/cpu.max")" "4294967296 200000 100000" "caps of dk-1"
+web=$(pgrep -fx "sleep 100001") || fail "container web of dk-1 is not running"
+container_cg=/sys/fs/cgroup$(sed -n 's/^0:://p' "/proc/$web/cgroup")
+say "container cgroup: $container_cg"
+case $container_cg in
+    "$cg"/*) say "ok: the container's cgroup is under the segment's" ;;
+    *) fail "the container's cgroup $container_cg is outside the segment's capped cgroup $cg (memory.max there: $(cat "$container_cg/memory.max"), above it: $(cat "$(dirname "$container_cg")/memory.max"))" ;;
+esac
 
 oom_kills() { awk '/^oom_kill / {print $2}' "$1/memory.events"; }
 
