@@ -42,6 +42,15 @@ expect_eq "$(dk dk-1 run --rm -v /var/lib/docker/binds/b1:/data busybox:vm cat /
 expect_fails "a bind outside /var/lib/docker" dk dk-1 run --rm -v /etc:/data busybox:vm true
 expect_match "$OUT" SEGMENT-1011 "refused by the policy"
 
+# docker stop: SIGTERM, then SIGKILL (busybox's sleep as PID 1 ignores the
+# first) from the segment's containerd to a docker-default process.
+dk dk-1 rm -f stopper >/dev/null 2>&1 || true
+dk dk-1 run -d --name stopper busybox:vm sleep 100002 >/dev/null
+m=$(mark)
+dk dk-1 stop -t 2 stopper >/dev/null
+expect_eq "$(dk dk-1 inspect -f '{{.State.Running}}' stopper)" false "stopper after docker stop"
+expect_eq "$(audit_since "$m" | grep 'operation="signal"' || true)" "" "signal denials during docker stop"
+
 # --restart always: killed from the host, the container comes back.
 kill -9 "$web"
 wait_until 60 "web restarted" sh -c "pgrep -fx 'sleep 100001' | grep -vx $web"
