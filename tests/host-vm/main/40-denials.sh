@@ -34,7 +34,7 @@ attempt segment "write a release_agent anywhere" "$by_segment.*name=\"/tmp/relea
     seg sh -c 'echo /x >/tmp/release_agent'
 # The real escape (CVE-2022-0492): a cgroup v1 hierarchy may be mounted where
 # runc mounts a container's cgroups, but its release_agent stays unwritable.
-cgdir=/var/lib/docker/vfs/dir/esc/sys/fs/cgroup/esc
+cgdir=/var/lib/segment/docker/vfs/dir/esc/sys/fs/cgroup/esc
 seg mkdir -p "$cgdir"
 seg mount -t cgroup -o none,name=esc cgroup "$cgdir"
 attempt segment "write release_agent of a cgroup v1 hierarchy" "$by_segment.*name=\"$cgdir/release_agent\"" \
@@ -87,13 +87,15 @@ expect_eq "$(dock ls -A /sys/firmware)" "" "container: /sys/firmware is empty"
 # Every capability, no masked or read-only paths, no AppArmor profile of its
 # own: only the segment's profile (which runc's processes inherit) remains.
 seg_dir=/var/lib/segment-agent/segments/dk-1/docker
-[ -d "$seg_dir" ] || fail "no $seg_dir (where the segment's /var/lib/docker lives)"
+[ -d "$seg_dir" ] || fail "no $seg_dir (where the segment's dockerd data root lives)"
+# Files for the segment belong to its root (a host id of its own).
+owner=$(stat -c %u:%g "$seg_dir")
 bundle=$seg_dir/bypass
 rm -rf "$bundle" "$seg_dir/vfs/dir/bypass"
 mkdir -p "$bundle" "$seg_dir/vfs/dir"
 cp -a "$STATE/busybox-rootfs" "$seg_dir/vfs/dir/bypass"
 (cd "$bundle" && runc spec)
-jq --arg root /var/lib/docker/vfs/dir/bypass \
+jq --arg root /var/lib/segment/docker/vfs/dir/bypass \
     '.root = {path: $root, readonly: false} | .process.terminal = false
      | .linux.maskedPaths = [] | .linux.readonlyPaths = []
      | .process.capabilities = (["CAP_SYS_ADMIN","CAP_SYS_MODULE","CAP_SYS_RAWIO","CAP_SYS_PTRACE",
@@ -108,8 +110,9 @@ runc_in_segment() {
     args=$(printf '%s\n' "$@" | jq -R . | jq -s -c .)
     jq --argjson a "$args" '.process.args = $a' "$bundle/config.json" >"$bundle/config.run.json"
     mkdir -p "$bundle/run" && cp "$bundle/config.run.json" "$bundle/run/config.json"
+    chown -R "$owner" "$bundle" "$seg_dir/vfs/dir/bypass"
     in_segment dk-1 runc --root "${RUNC_ROOT:-/run/docker/runtime-runc/moby}" run \
-        --bundle /var/lib/docker/bypass/run "bypass-$RANDOM"
+        --bundle /var/lib/segment/docker/bypass/run "bypass-$RANDOM"
 }
 # runc protects itself by running from a read-only bind of its binary in its
 # state dir; the profile allows that bind only under Docker's runc state dir.
