@@ -120,12 +120,20 @@ init_pid() {
     awk '{print $1}' "/proc/$ctl/task/$ctl/children"
 }
 
-# The domain's cgroup v2 directory (libvirt's scope for the segment).
+# The segment's capped cgroup v2 directory: the nearest one above (or at)
+# its init's that carries a memory limit (the init may sit in a child).
 segment_cgroup() {
-    local pid path
+    local pid dir
     pid=$(init_pid "$1")
-    path=$(sed -n 's/^0:://p' "/proc/$pid/cgroup")
-    printf '/sys/fs/cgroup%s\n' "$path"
+    dir=/sys/fs/cgroup$(sed -n 's/^0:://p' "/proc/$pid/cgroup")
+    while [ "$dir" != /sys/fs/cgroup ]; do
+        if [ -f "$dir/memory.max" ] && [ "$(cat "$dir/memory.max")" != max ]; then
+            printf '%s\n' "$dir"
+            return
+        fi
+        dir=$(dirname "$dir")
+    done
+    fail "no cgroup with a memory limit above PID $pid of $1"
 }
 
 # Every process of the segment: its cgroup tree (its init, dockerd, the
