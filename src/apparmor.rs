@@ -1,7 +1,16 @@
 //! AppArmor confinement of segments: the profile ([`PROFILE_TEXT`]), the
 //! kernel check ([`ProfileLoader::available`]) and an idempotent installer
-//! ([`ProfileInstaller::install`]); libvirt applies the profile to each segment
-//! through a static `<seclabel>`. Every call blocks: use `spawn_blocking`.
+//! ([`ProfileInstaller::install`]). Every call blocks: use `spawn_blocking`.
+//!
+//! How a segment gets the profile: libvirt's AppArmor driver moves every
+//! domain's process to a profile named `libvirt-<uuid>` just before it
+//! executes the init, whatever a static `<seclabel>` names, and generates that
+//! profile only for a dynamic `<seclabel>`, from
+//! `/etc/apparmor.d/libvirt/TEMPLATE.lxc`. So segments carry a dynamic label,
+//! and the installer replaces the template with [`LIBVIRT_TEMPLATE_TEXT`], a
+//! trampoline whose exec rule runs the init under [`PROFILE_NAME`]. The
+//! segments' Docker containers run under [`DOCKER_PROFILE_NAME`], which the
+//! installer loads too: dockerd inside a segment cannot load a profile.
 
 use std::fs::{self, File, Permissions};
 use std::io::{self, Write};
@@ -16,6 +25,24 @@ use tempfile::NamedTempFile;
 pub const PROFILE_NAME: &str = "segment-agent-segment";
 /// Text of the profile (`apparmor/segment-agent-segment` in the source tree).
 pub const PROFILE_TEXT: &str = include_str!("../apparmor/segment-agent-segment");
+/// Profile of the Docker containers in segments: runc in a segment may move
+/// them to this name only, and the segment's dockerd cannot load it itself.
+pub const DOCKER_PROFILE_NAME: &str = "docker-default";
+/// Text of the containers' profile (`apparmor/docker-default`).
+pub const DOCKER_PROFILE_TEXT: &str = include_str!("../apparmor/docker-default");
+/// Every profile the agent installs and loads, as (name, text).
+pub const PROFILES: [(&str, &str); 2] = [
+    (PROFILE_NAME, PROFILE_TEXT),
+    (DOCKER_PROFILE_NAME, DOCKER_PROFILE_TEXT),
+];
+
+/// libvirt's template of per-domain LXC profiles (`apparmor/libvirt/TEMPLATE.lxc`).
+pub const LIBVIRT_TEMPLATE_TEXT: &str = include_str!("../apparmor/libvirt/TEMPLATE.lxc");
+/// Where libvirt's AppArmor driver (libvirt-daemon-system) keeps its templates
+/// and the profiles it generates, relative to the profile directory.
+pub const LIBVIRT_TEMPLATE_DIR: &str = "libvirt";
+/// File name of the LXC template in [`LIBVIRT_TEMPLATE_DIR`].
+pub const LIBVIRT_TEMPLATE_FILE: &str = "TEMPLATE.lxc";
 
 /// Default profile directory: the one the boot-time `apparmor.service` loads,
 /// so the profile is back in the kernel before libvirt restarts segments.
@@ -67,6 +94,13 @@ pub enum ApparmorError {
     /// The profile (the path) could not be written.
     #[error("cannot write profile {}", .0.display())]
     Write(PathBuf, #[source] io::Error),
+    /// libvirt's AppArmor template directory (the path) is missing: libvirtd
+    /// has no AppArmor driver, so it could not confine a segment.
+    #[error(
+        "{} does not exist: libvirt's AppArmor support (libvirt-daemon-system) is not installed",
+        .0.display()
+    )]
+    NoLibvirtTemplates(PathBuf),
 }
 
 /// Why [`ApparmorError::Unavailable`] was returned; each names the path checked.
@@ -154,13 +188,14 @@ impl ProfileLoader for ApparmorParser {
 /// Outcome of [`ProfileInstaller::install`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InstallOutcome {
-    /// The installed file already held [`PROFILE_TEXT`]: nothing written or loaded.
+    /// The installed files already held the [`PROFILES`]: nothing written or loaded.
     Unchanged,
-    /// The profile was loaded into the kernel, then written to disk.
+    /// A profile was loaded into the kernel, then written to disk.
     Loaded,
 }
 
-/// Installs [`PROFILE_TEXT`] as `<dir>/segment-agent-segment` and loads it.
+/// Installs each of the [`PROFILES`] as `<dir>/<name>` and loads it, then
+/// [`LIBVIRT_TEMPLATE_TEXT`] as `<dir>/libvirt/TEMPLATE.lxc`.
 #[derive(Debug)]
 pub struct ProfileInstaller<L: ProfileLoader> {
     dir: PathBuf,
@@ -173,13 +208,68 @@ impl<L: ProfileLoader> ProfileInstaller<L> {
         Self { dir, loader }
     }
 
-    /// Where the profile is installed.
-    pub fn profile_path(&self) -> PathBuf {
-        self.dir.join(PROFILE_NAME)
+    /// Where the profile named `name` is installed.
+    pub fn profile_path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
     }
 
-    /// Loads, then writes, the profile unless the installed file already holds
-    /// exactly [`PROFILE_TEXT`]; then it does neither.
+    /// Where libvirt's LXC template is installed.
+    pub fn template_path(&self) -> PathBuf {
+        self.dir
+            .join(LIBVIRT_TEMPLATE_DIR)
+            .join(LIBVIRT_TEMPLATE_FILE)
+    }
+
+    /// Installs the profiles ([`Self::install_profiles`]), then the template
+    /// ([`Self::install_template`]): the template's exec rule names the
+    /// segment profile, so it is in the kernel before any segment can use it.
+    pub fn install(&self) -> Result<InstallOutcome, ApparmorError> {
+        let outcome = self.install_profiles()?;
+        self.install_template()?;
+        Ok(outcome)
+    }
+
+    /// Installs each of the [`PROFILES`] ([`Self::install_profile`]);
+    /// `Loaded` when any was loaded.
+    pub fn install_profiles(&self) -> Result<InstallOutcome, ApparmorError> {
+        let mut outcome = InstallOutcome::Unchanged;
+        for (name, text) in PROFILES {
+            if self.install_profile(name, text)? == InstallOutcome::Loaded {
+                outcome = InstallOutcome::Loaded;
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Writes libvirt's LXC template unless it already holds exactly
+    /// [`LIBVIRT_TEMPLATE_TEXT`]. Nothing is loaded: virt-aa-helper compiles
+    /// the template into each domain's profile when the domain starts. Fails
+    /// when libvirt's template directory is missing (no AppArmor driver in
+    /// libvirtd: segments would not be confined).
+    pub fn install_template(&self) -> Result<(), ApparmorError> {
+        let path = self.template_path();
+        let dir = self.dir.join(LIBVIRT_TEMPLATE_DIR);
+        if !dir.is_dir() {
+            return Err(ApparmorError::NoLibvirtTemplates(dir));
+        }
+        match fs::read(&path) {
+            Ok(bytes) if bytes == LIBVIRT_TEMPLATE_TEXT.as_bytes() => return Ok(()),
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                return Err(ApparmorError::ReadInstalled(path, e));
+            }
+            _ => {}
+        }
+        let staged = stage(&dir, LIBVIRT_TEMPLATE_FILE, LIBVIRT_TEMPLATE_TEXT, &path)?;
+        staged
+            .persist(&path)
+            .map_err(|e| write_err(&path)(e.error))?;
+        sync_dir(&dir);
+        tracing::info!(path = %path.display(), "libvirt's LXC AppArmor template installed");
+        Ok(())
+    }
+
+    /// Loads, then writes, profile `name` unless the installed file already
+    /// holds exactly `text`; then it does neither.
     ///
     /// The installed file records what the kernel was given, so it changes
     /// only after a successful load: the text goes to a hidden, fsynced temp
@@ -187,10 +277,10 @@ impl<L: ProfileLoader> ProfileInstaller<L> {
     /// loaded from there, then renamed over the profile. A failed load or a
     /// crash before the rename leaves the old file (or none), so the next
     /// install differs and loads again; no marker file is needed.
-    pub fn install(&self) -> Result<InstallOutcome, ApparmorError> {
-        let path = self.profile_path();
+    pub fn install_profile(&self, name: &str, text: &str) -> Result<InstallOutcome, ApparmorError> {
+        let path = self.profile_path(name);
         match fs::read(&path) {
-            Ok(bytes) if bytes == PROFILE_TEXT.as_bytes() => {
+            Ok(bytes) if bytes == text.as_bytes() => {
                 tracing::debug!(path = %path.display(), "AppArmor profile unchanged");
                 return Ok(InstallOutcome::Unchanged);
             }
@@ -199,32 +289,39 @@ impl<L: ProfileLoader> ProfileInstaller<L> {
             }
             _ => {}
         }
-        let staged = self.stage(&path)?;
+        let staged = stage(&self.dir, name, text, &path)?;
         self.loader.load(staged.path())?;
         staged
             .persist(&path)
             .map_err(|e| write_err(&path)(e.error))?;
-        // Harmless if it fails: a rename lost in a crash means one more load.
-        if let Err(e) = File::open(&self.dir).and_then(|dir| dir.sync_all()) {
-            tracing::warn!(error = %e, dir = %self.dir.display(), "cannot fsync profile dir");
-        }
-        tracing::info!(profile = PROFILE_NAME, path = %path.display(), "AppArmor profile loaded");
+        sync_dir(&self.dir);
+        tracing::info!(profile = name, path = %path.display(), "AppArmor profile loaded");
         Ok(InstallOutcome::Loaded)
     }
+}
 
-    /// Writes the profile text to a fsynced hidden temporary file next to `path`.
-    fn stage(&self, path: &Path) -> Result<NamedTempFile, ApparmorError> {
-        let err = write_err(path);
-        let mut builder = tempfile::Builder::new();
-        let prefix = format!(".{PROFILE_NAME}.");
-        let file = builder.prefix(&prefix).tempfile_in(&self.dir);
-        let mut file = file.map_err(&err)?;
-        file.write_all(PROFILE_TEXT.as_bytes()).map_err(&err)?;
-        // apparmor_parser runs as root; 0644 matches the other profiles.
-        let perms = Permissions::from_mode(0o644);
-        file.as_file().set_permissions(perms).map_err(&err)?;
-        file.as_file().sync_all().map_err(&err)?;
-        Ok(file)
+/// Writes `text` to a fsynced hidden temporary file `.<name>.*` in `dir`, to
+/// be renamed over `path` (the error names `path`). Hidden: neither
+/// `apparmor.service` nor virt-aa-helper reads dot files.
+fn stage(dir: &Path, name: &str, text: &str, path: &Path) -> Result<NamedTempFile, ApparmorError> {
+    let err = write_err(path);
+    let mut builder = tempfile::Builder::new();
+    let prefix = format!(".{name}.");
+    let file = builder.prefix(&prefix).tempfile_in(dir);
+    let mut file = file.map_err(&err)?;
+    file.write_all(text.as_bytes()).map_err(&err)?;
+    // apparmor_parser and virt-aa-helper run as root; 0644 matches the other profiles.
+    let perms = Permissions::from_mode(0o644);
+    file.as_file().set_permissions(perms).map_err(&err)?;
+    file.as_file().sync_all().map_err(&err)?;
+    Ok(file)
+}
+
+/// Makes a rename in `dir` durable. Harmless if it fails: a rename lost in a
+/// crash means one more write (and load) at the next start.
+fn sync_dir(dir: &Path) {
+    if let Err(e) = File::open(dir).and_then(|dir| dir.sync_all()) {
+        tracing::warn!(error = %e, dir = %dir.display(), "cannot fsync AppArmor dir");
     }
 }
 
@@ -282,22 +379,23 @@ mod tests {
         ];
         for (step, before, fail, outcome, loads, after) in steps {
             if let Some(text) = before {
-                fs::write(installer.profile_path(), text).unwrap();
+                fs::write(installer.profile_path(PROFILE_NAME), text).unwrap();
             }
             installer.loader.fail.store(fail, SeqCst);
-            assert_eq!(installer.install().ok(), outcome, "{step}");
+            let result = installer.install_profile(PROFILE_NAME, PROFILE_TEXT);
+            assert_eq!(result.ok(), outcome, "{step}");
             let recorded = installer.loader.loads.lock().unwrap();
             assert_eq!(recorded.len(), loads, "{step}");
             let (staged, text) = recorded.last().unwrap();
             let staged_in = staged.parent();
             assert_eq!(staged_in, Some(dir.path()), "{step}: staged alongside");
             assert_eq!(text, NEW, "{step}");
-            let on_disk = fs::read_to_string(installer.profile_path()).ok();
+            let on_disk = fs::read_to_string(installer.profile_path(PROFILE_NAME)).ok();
             assert_eq!(on_disk.as_deref(), after, "{step}");
             let files = fs::read_dir(dir.path()).unwrap().count();
             assert_eq!(files, usize::from(after.is_some()), "{step}: leftovers");
         }
-        let meta = fs::metadata(installer.profile_path()).unwrap();
+        let meta = fs::metadata(installer.profile_path(PROFILE_NAME)).unwrap();
         assert_eq!(meta.permissions().mode() & 0o777, 0o644);
     }
 
@@ -391,7 +489,86 @@ mod tests {
     }
 
     #[test]
-    fn profile_text_defines_the_named_profile() {
-        assert!(PROFILE_TEXT.contains(&format!("\nprofile {PROFILE_NAME} flags=")));
+    fn profile_texts_define_the_named_profiles() {
+        for (name, text) in PROFILES {
+            assert!(text.contains(&format!("\nprofile {name} flags=")), "{name}");
+        }
+        // runc in a segment may move containers to docker-default and nowhere else.
+        assert!(PROFILE_TEXT.contains(&format!("\n  change_profile -> {DOCKER_PROFILE_NAME},\n")));
+        assert_eq!(PROFILE_TEXT.matches("change_profile").count(), 1);
+        let docker_peer = format!("signal (receive) peer={PROFILE_NAME},");
+        assert!(DOCKER_PROFILE_TEXT.contains(&docker_peer));
+    }
+
+    #[test]
+    fn template_is_a_trampoline_to_the_profile() {
+        // virt-aa-helper replaces LIBVIRT_TEMPLATE with libvirt-<uuid>.
+        let header = "\nprofile LIBVIRT_TEMPLATE flags=(attach_disconnected,mediate_deleted) {\n";
+        assert!(LIBVIRT_TEMPLATE_TEXT.contains(header));
+        let rules: Vec<&str> = LIBVIRT_TEMPLATE_TEXT
+            .split_once(header)
+            .unwrap()
+            .1
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .collect();
+        let exec = format!("/** Px -> {PROFILE_NAME},");
+        assert_eq!(
+            rules,
+            [exec.as_str(), "ptrace (readby) peer=libvirtd,", "}"]
+        );
+    }
+
+    #[test]
+    fn install_loads_the_profile_then_writes_the_template() {
+        let dir = TempDir::new().unwrap();
+        let installer = ProfileInstaller::new(dir.path().to_owned(), FakeLoader::default());
+        let template = installer.template_path();
+        // No libvirt AppArmor driver: the profiles load, then install fails closed.
+        let err = installer.install().unwrap_err();
+        assert!(
+            matches!(err, ApparmorError::NoLibvirtTemplates(_)),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("libvirt-daemon-system"), "{err}");
+        let loaded: Vec<String> = installer
+            .loader
+            .loads
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|l| l.1.clone())
+            .collect();
+        assert_eq!(loaded, [PROFILE_TEXT, DOCKER_PROFILE_TEXT]);
+        for (name, text) in PROFILES {
+            assert_eq!(
+                fs::read_to_string(installer.profile_path(name)).unwrap(),
+                text
+            );
+        }
+        // libvirt-daemon-system's own template is replaced, with no leftovers.
+        fs::create_dir(dir.path().join("libvirt")).unwrap();
+        fs::write(&template, "profile LIBVIRT_TEMPLATE { file, }\n").unwrap();
+        assert_eq!(installer.install().unwrap(), Unchanged);
+        assert_eq!(
+            fs::read_to_string(&template).unwrap(),
+            LIBVIRT_TEMPLATE_TEXT
+        );
+        let meta = fs::metadata(&template).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o644);
+        let files = fs::read_dir(dir.path().join("libvirt")).unwrap().count();
+        assert_eq!(files, 1, "leftover staged files");
+        // Same text: the file is left alone (same inode), nothing loaded again.
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(installer.install().unwrap(), Unchanged);
+        assert_eq!(fs::metadata(&template).unwrap().ino(), meta.ino());
+        assert_eq!(installer.loader.loads.lock().unwrap().len(), 2);
+        // A failed profile load leaves the template untouched.
+        fs::write(&template, "stock\n").unwrap();
+        fs::write(installer.profile_path(PROFILE_NAME), OLD).unwrap();
+        installer.loader.fail.store(true, SeqCst);
+        assert!(installer.install().is_err());
+        assert_eq!(fs::read_to_string(&template).unwrap(), "stock\n");
     }
 }

@@ -201,14 +201,19 @@ impl DomainSpec {
         Ok(())
     }
 
+    /// A confined segment gets a dynamic label: libvirt's AppArmor driver
+    /// always moves the domain to `libvirt-<uuid>` (a static label's name is
+    /// never used) and generates that profile only for dynamic labels, from
+    /// the agent's trampoline template, which executes the init under
+    /// `apparmor_profile` (see `crate::apparmor`).
     fn write_seclabel(&self, w: &mut XmlWriter) -> io::Result<()> {
         match &self.apparmor_profile {
-            Some(profile) => {
+            Some(_) => {
                 w.create_element("seclabel")
-                    .with_attribute(("type", "static"))
+                    .with_attribute(("type", "dynamic"))
                     .with_attribute(("model", "apparmor"))
-                    .with_attribute(("relabel", "no"))
-                    .write_inner_content(|w| text_element(w, "label", profile))?;
+                    .with_attribute(("relabel", "yes"))
+                    .write_empty()?;
             }
             None => {
                 w.create_element("seclabel")
