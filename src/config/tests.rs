@@ -83,3 +83,30 @@ fn rejects_bad_values() {
         "no table, no reports"
     );
 }
+
+#[test]
+fn metrics_and_log_tables() {
+    let c = Config::from_toml("").unwrap();
+    assert_eq!(c.metrics.listen, None, "no table, no endpoint");
+    assert_eq!(c.log, LogConfig::default());
+    let c = Config::from_toml(
+        "[metrics]\nlisten = \"127.0.0.1:9464\"\n[log]\nformat = \"json\"\nlevel = \"segment_agent=debug,info\"\n",
+    )
+    .unwrap();
+    assert_eq!(c.metrics.listen, Some("127.0.0.1:9464".parse().unwrap()));
+    assert_eq!(c.log.format, LogFormat::Json);
+    for (text, needle) in [
+        ("[metrics]\nlisten = \"9464\"", "socket address"),
+        ("[metrics]\nlisen = \"127.0.0.1:9464\"", "unknown"),
+        ("[log]\nformat = \"xml\"", "xml"),
+        ("[log]\nlevel = \"info,[\"", "log.level"),
+        ("[log]\ncolour = true", "unknown"),
+        (
+            "[listen]\ntcp = \"127.0.0.1:7443\"\n[metrics]\nlisten = \"127.0.0.1:7443\"",
+            "metrics.listen",
+        ),
+    ] {
+        let err = Config::from_toml(text).unwrap_err().to_string();
+        assert!(err.contains(needle), "{text:?}: {err}");
+    }
+}

@@ -257,6 +257,11 @@ impl SegmentManager {
         (self.registry.usage(), self.registry.capacity())
     }
 
+    /// The cluster of a registered segment.
+    pub fn cluster_of(&self, id: &SegmentId) -> Option<ClusterId> {
+        self.registry.get(id).map(|e| e.record.request.cluster)
+    }
+
     /// One segment with its observed state.
     pub async fn get(&self, id: &SegmentId) -> Result<Segment, Error> {
         let entry = self
