@@ -39,12 +39,12 @@ pub fn level_of(e: &Error) -> Level {
 }
 
 fn log(e: &Error) {
-    let (code, domain, message) = (e.code().to_raw(), e.domain().to_raw(), e.message());
+    let (code, domain, error) = (e.code().to_raw(), e.domain().to_raw(), e.message());
     match level_of(e) {
         Level::DEBUG => {
-            tracing::debug!(target: "libvirt", code, domain, message, "libvirt reported an error")
+            tracing::debug!(target: "libvirt", code, domain, error, "libvirt reported an error")
         }
-        _ => tracing::warn!(target: "libvirt", code, domain, message, "libvirt reported an error"),
+        _ => tracing::warn!(target: "libvirt", code, domain, error, "libvirt reported an error"),
     }
 }
 
