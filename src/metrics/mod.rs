@@ -44,6 +44,10 @@ use std::{
 
 /// How long one reading of the host serves scrapes.
 pub const SAMPLE_TTL: Duration = Duration::from_secs(2);
+/// Longest a reading may take before a scrape answers without it (a hung
+/// libvirtd must not hang Prometheus's scrape, whose default timeout is
+/// 10 s).
+pub const SAMPLE_TIMEOUT: Duration = Duration::from_secs(8);
 
 /// Labels of an RPC.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -265,7 +269,12 @@ impl Exporter {
         {
             return s.clone();
         }
-        let fresh = Arc::new(sample::sample(&self.manager, &self.cgroups).await);
+        let reading = sample::sample(&self.manager, &self.cgroups);
+        let fresh = Arc::new(
+            tokio::time::timeout(SAMPLE_TIMEOUT, reading)
+                .await
+                .unwrap_or_else(|_| Err(format!("no reading within {SAMPLE_TIMEOUT:?}"))),
+        );
         *cache = Some((Instant::now(), fresh.clone()));
         fresh
     }

@@ -255,6 +255,74 @@ mod tests {
         assert_eq!(method_of(&long).0, "other");
     }
 
+    /// Calls a layered service that answers with `response`, reads (or
+    /// drops) the body, and returns the exposition.
+    async fn one_call(
+        response: Response<
+            http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, std::convert::Infallible>,
+        >,
+        read_body: bool,
+    ) -> String {
+        use http_body_util::BodyExt;
+        use tower::{Layer, Service};
+        let metrics = Arc::new(AgentMetrics::new());
+        let cell = std::sync::Mutex::new(Some(response));
+        let inner = tower::service_fn(move |_: Request<()>| {
+            let r = cell.lock().unwrap().take().unwrap();
+            async move { Ok::<_, std::convert::Infallible>(r) }
+        });
+        let mut svc = RpcMetricsLayer::new(metrics.clone()).layer(inner);
+        let req = Request::builder()
+            .uri("/segment.agent.v1.SegmentAgent/GetSegment")
+            .body(())
+            .unwrap();
+        let body = svc.call(req).await.unwrap().into_body();
+        if read_body {
+            body.collect().await.unwrap();
+        } else {
+            drop(body);
+        }
+        let mut out = String::new();
+        metrics.encode(&mut out).unwrap();
+        out
+    }
+
+    fn trailers(code: &str) -> HeaderMap {
+        let mut t = HeaderMap::new();
+        t.insert("grpc-status", code.parse().unwrap());
+        t
+    }
+
+    #[tokio::test]
+    async fn the_code_comes_from_headers_trailers_or_a_hang_up() {
+        use http_body_util::{BodyExt, Empty, Full};
+        let series = |code: &str| {
+            format!(
+                "segment_agent_rpcs_total{{service=\"segment.agent.v1.SegmentAgent\",method=\"GetSegment\",code=\"{code}\"}} 1"
+            )
+        };
+        // tonic's errors: trailers-only, the status in the headers.
+        let mut only = Response::new(Empty::new().boxed_unsync());
+        *only.headers_mut() = trailers("5");
+        assert!(one_call(only, true).await.contains(&series("NOT_FOUND")));
+        // A reply: data, then the status in the trailers.
+        let body = Full::new(bytes::Bytes::from_static(b"x"))
+            .with_trailers(async { Some(Ok(trailers("0"))) })
+            .boxed_unsync();
+        assert!(
+            one_call(Response::new(body), true)
+                .await
+                .contains(&series("OK"))
+        );
+        // The client went away before the end.
+        let body = Full::new(bytes::Bytes::from_static(b"x"))
+            .with_trailers(async { Some(Ok(trailers("0"))) })
+            .boxed_unsync();
+        let text = one_call(Response::new(body), false).await;
+        assert!(text.contains(&series("CANCELLED")), "{text}");
+        assert!(!text.contains(r#"code="OK""#), "counted once: {text}");
+    }
+
     #[test]
     fn every_code_has_its_canonical_name() {
         assert_eq!(code_name(Code::Ok), "OK");
