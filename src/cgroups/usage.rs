@@ -24,7 +24,9 @@ pub struct CgroupFigures {
     /// Processes in the segment's cgroup and its children, the controller
     /// (libvirt's, on the host side) not counted.
     pub processes: u64,
-    /// Processes the OOM killer took in the segment (children included).
+    /// Processes the OOM killer took in the segment, children included (on
+    /// cgroup v1 only those of children that still exist: v1 keeps a kill
+    /// in the victim's cgroup alone).
     pub oom_kills: u64,
 }
 
@@ -107,9 +109,21 @@ fn keyed(text: &str, key: &str) -> Option<u64> {
     })
 }
 
-/// Counts the processes in `dir` and its children, leaving `skip` out.
-fn count_processes(dir: &Path, skip: u32) -> Result<u64, String> {
-    let (mut stack, mut seen, mut count) = (vec![dir.to_owned()], 0usize, 0u64);
+/// What a walk of a segment's cgroup tree found.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Walked {
+    processes: u64,
+    /// `oom_kill` of `memory.oom_control`, summed over the tree (v1 only).
+    v1_oom_kills: u64,
+}
+
+/// Walks `dir` and its children: counts their processes, leaving `skip`
+/// out, and on cgroup v1 sums their OOM kills. (v1 counts a kill only in
+/// the victim's own cgroup, a container's, and never in its parents; v2's
+/// `memory.events` is hierarchical, and keeps the kills of children that
+/// are gone.)
+fn walk(dir: &Path, skip: u32, v1: bool) -> Result<Walked, String> {
+    let (mut stack, mut seen, mut out) = (vec![dir.to_owned()], 0usize, Walked::default());
     while let Some(d) = stack.pop() {
         seen += 1;
         if seen > MAX_CGROUP_DIRS {
@@ -124,10 +138,14 @@ fn count_processes(dir: &Path, skip: u32) -> Result<u64, String> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && d != dir => continue,
             Err(e) => return Err(format!("{}: {e}", d.join("cgroup.procs").display())),
         };
-        count += procs
+        out.processes += procs
             .lines()
             .filter(|p| p.trim().parse::<u32>().is_ok_and(|p| p != skip))
             .count() as u64;
+        if v1 {
+            let control = fs::read_to_string(d.join("memory.oom_control")).unwrap_or_default();
+            out.v1_oom_kills += keyed(&control, "oom_kill").unwrap_or(0);
+        }
         let Ok(entries) = fs::read_dir(&d) else {
             continue;
         };
@@ -138,7 +156,7 @@ fn count_processes(dir: &Path, skip: u32) -> Result<u64, String> {
                 .map(|e| e.path()),
         );
     }
-    Ok(count)
+    Ok(out)
 }
 
 impl CgroupReader for CgroupFs {
@@ -151,27 +169,26 @@ impl CgroupReader for CgroupFs {
         let text = fs::read_to_string(&own).map_err(|e| fail(format!("{}: {e}", own.display())))?;
         let cgroup = memory_cgroup(&text)
             .ok_or_else(|| fail(format!("no memory cgroup in {}", own.display())))?;
-        let (dir, events, key) = match &cgroup {
+        let (dir, v1) = match &cgroup {
             MemoryCgroup::V1(p) => (
                 self.root.join("memory").join(p.trim_start_matches('/')),
-                "memory.oom_control",
-                "oom_kill",
+                true,
             ),
-            MemoryCgroup::V2(p) => (
-                self.root.join(p.trim_start_matches('/')),
-                "memory.events",
-                "oom_kill",
-            ),
+            MemoryCgroup::V2(p) => (self.root.join(p.trim_start_matches('/')), false),
         };
-        let events_file = dir.join(events);
-        let events_text = fs::read_to_string(&events_file)
-            .map_err(|e| fail(format!("{}: {e}", events_file.display())))?;
-        let oom_kills = keyed(&events_text, key)
-            .ok_or_else(|| fail(format!("no {key} in {}", events_file.display())))?;
-        let processes = count_processes(&dir, controller_pid).map_err(fail)?;
+        let events = dir.join(if v1 {
+            "memory.oom_control"
+        } else {
+            "memory.events"
+        });
+        let text =
+            fs::read_to_string(&events).map_err(|e| fail(format!("{}: {e}", events.display())))?;
+        let own_kills = keyed(&text, "oom_kill")
+            .ok_or_else(|| fail(format!("no oom_kill in {}", events.display())))?;
+        let walked = walk(&dir, controller_pid, v1).map_err(fail)?;
         Ok(CgroupFigures {
-            processes,
-            oom_kills,
+            processes: walked.processes,
+            oom_kills: if v1 { walked.v1_oom_kills } else { own_kills },
         })
     }
 }
@@ -225,11 +242,15 @@ mod tests {
             "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n",
         );
         write(&d.join("docker/c1/cgroup.procs"), "20\n21\n");
+        write(&d.join("docker/c1/memory.oom_control"), "oom_kill 2\n");
         write(&d.join("docker/cgroup.procs"), "");
         // v2: oom_kill in memory.events.
         write(&proc.join("30/cgroup"), "0::/machine.slice/s.scope\n");
         let s = root.join("machine.slice/s.scope");
         write(&s.join("cgroup.procs"), "30\n31\n");
+        // v2's parent counts already include this child's kill.
+        write(&s.join("c/cgroup.procs"), "");
+        write(&s.join("c/memory.events"), "oom_kill 1\n");
         write(
             &s.join("memory.events"),
             "low 0\nhigh 0\nmax 4\noom 1\noom_kill 1\n",
@@ -239,8 +260,9 @@ mod tests {
             fs.read(10).unwrap(),
             CgroupFigures {
                 processes: 3,
-                oom_kills: 3
-            }
+                oom_kills: 5
+            },
+            "v1: the container's kills are summed in"
         );
         assert_eq!(
             fs.read(30).unwrap(),
@@ -261,7 +283,7 @@ mod tests {
         for i in 0..MAX_CGROUP_DIRS {
             write(&d.join(format!("c{i}/cgroup.procs")), "");
         }
-        let err = count_processes(&d, 0).unwrap_err();
+        let err = walk(&d, 0, true).unwrap_err();
         assert!(err.contains("more than"), "{err}");
     }
 }
