@@ -33,6 +33,10 @@ fn segment(id: &str, state: SegmentState, docker: bool) -> Segment {
             created_at: UNIX_EPOCH,
             desired: Desired::Running,
             server_cert_not_after: docker.then(|| UNIX_EPOCH + Duration::from_secs(1_900_000_000)),
+            ids: crate::idmap::IdRange {
+                host_first: 1_000_000,
+                count: 65_536,
+            },
         },
         state,
         reason: String::new(),
