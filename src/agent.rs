@@ -4,27 +4,41 @@
 use crate::{
     api::{self, Listeners, SegmentAgentService},
     apparmor::{ApparmorMode, PROFILE_NAME, ProfileInstaller, ProfileLoader},
-    cgroups::HostCgroups,
+    cgroups::{
+        HostCgroups,
+        usage::{CgroupFs, CgroupReader},
+    },
     config::{Config, ConfigError},
     docker::probe::TlsPing,
     host::HostFacts,
     hypervisor::{Hypervisor, libvirt::Libvirt},
     idmap::IdRangePool,
     images::ImageStore,
+    metrics::{
+        AgentMetrics, Exporter,
+        http::{self, MetricsListener},
+        rpc::RpcMetricsLayer,
+    },
     network::SegmentNetwork,
     pool::AddressPool,
     report::{
         Collector,
-        sender::{self, GrpcSink, SinkTls},
+        sender::{self, GrpcSink, ReportObserver, SinkTls},
     },
     segment::{
         Backends, Confinement, DockerSettings, SegmentManager, Settings,
+        recover::RecoveryReport,
         registry::{Capacity, Registry},
         spec::ImageName,
     },
     storage::{OverlayStorage, SegmentStorage},
 };
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tracing::{info, warn};
 
@@ -128,12 +142,20 @@ pub fn real_backends(config: &Config) -> Backends {
     }
 }
 
-/// Recovers from libvirt, retrying while libvirtd is unavailable.
-pub async fn recover_when_available(manager: &SegmentManager) -> Result<(), crate::segment::Error> {
+/// Recovers from libvirt, retrying while libvirtd is unavailable; the
+/// outcome and the time the recovery itself took go to `metrics`.
+pub async fn recover_when_available(
+    manager: &SegmentManager,
+    metrics: &AgentMetrics,
+) -> Result<RecoveryReport, crate::segment::Error> {
     let mut delay = Duration::from_millis(200);
     loop {
+        let started = Instant::now();
         match manager.recover().await {
-            Ok(_) => return Ok(()),
+            Ok(report) => {
+                metrics.recovered(&report, started.elapsed());
+                return Ok(report);
+            }
             Err(crate::segment::Error::Unavailable(reason)) => {
                 warn!(%reason, ?delay, "libvirtd unavailable; waiting before recovery");
                 tokio::time::sleep(delay).await;
@@ -181,11 +203,13 @@ pub async fn observe_segments(manager: Arc<SegmentManager>, every: Duration) {
     }
 }
 
-/// The reporter of a configuration, if it has a `[control_plane]` table.
+/// The reporter of a configuration, if it has a `[control_plane]` table;
+/// `observer` is told each report's outcome.
 pub fn reporter(
     config: &Config,
     manager: Arc<SegmentManager>,
     host: HostFacts,
+    observer: Arc<dyn ReportObserver>,
 ) -> Result<Option<impl Future<Output = ()> + Send + 'static>, ConfigError> {
     let Some(cp) = config.control_plane.clone() else {
         return Ok(None);
@@ -230,7 +254,34 @@ pub fn reporter(
         Arc::new(sink),
         interval,
         changes,
+        observer,
     )))
+}
+
+/// The metrics endpoint of a configuration, bound, if it has
+/// `[metrics] listen`: its address and the task that serves it.
+pub async fn metrics_endpoint(
+    config: &Config,
+    manager: Arc<SegmentManager>,
+    host: HostFacts,
+    metrics: Arc<AgentMetrics>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<Option<(SocketAddr, impl Future<Output = ()> + Send + 'static)>, ConfigError> {
+    let Some(addr) = config.metrics.listen else {
+        return Ok(None);
+    };
+    let fail = |e: std::io::Error| ConfigError::Invalid {
+        key: "metrics.listen",
+        reason: format!("{addr}: {e}"),
+    };
+    let listener = MetricsListener::bind(addr).await.map_err(fail)?;
+    let bound = listener.local_addr().map_err(fail)?;
+    if !bound.ip().is_loopback() {
+        warn!(%bound, "metrics are served unauthenticated beyond loopback: firewall the port");
+    }
+    let cgroups = Arc::new(CgroupFs::default()) as Arc<dyn CgroupReader>;
+    let exporter = Arc::new(Exporter::new(metrics, manager, cgroups, host));
+    Ok(Some((bound, http::serve(listener, exporter, shutdown))))
 }
 
 /// Serves `manager` on `listeners` until `shutdown`; `ready` runs once the
@@ -239,6 +290,7 @@ pub async fn serve(
     manager: Arc<SegmentManager>,
     host: HostFacts,
     listeners: Listeners,
+    metrics: Arc<AgentMetrics>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), api::server::ListenError> {
     let (reporter, health_service) = tonic_health::server::health_reporter();
@@ -249,8 +301,36 @@ pub async fn serve(
     ));
     let observer = tokio::spawn(observe_segments(manager.clone(), Duration::from_secs(2)));
     let service = SegmentAgentService::new(manager, host);
-    let result = api::serve(listeners, service, health_service, shutdown).await;
+    let layer = RpcMetricsLayer::new(metrics);
+    let result = api::serve(listeners, service, health_service, layer, shutdown).await;
     follower.abort();
     observer.abort();
     result
+}
+
+/// How often to tell systemd the agent is alive, when its unit asks for it
+/// (`WatchdogSec=` sets `WATCHDOG_USEC` for this process): half the
+/// watchdog's timeout, as sd_watchdog_enabled(3) advises.
+pub fn watchdog_period() -> Option<Duration> {
+    let mut usec = 0;
+    match sd_notify::watchdog_enabled(false, &mut usec) {
+        true if usec > 0 => Some(Duration::from_micros(usec) / 2),
+        _ => None,
+    }
+}
+
+/// Sends `WATCHDOG=1` every `every`, from a task on the async runtime: the
+/// pings stop, and systemd restarts the agent, when the runtime no longer
+/// runs its tasks (every worker blocked or spinning). Segments keep running
+/// across that restart.
+pub async fn watchdog(every: Duration) {
+    info!(?every, "systemd watchdog on");
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]) {
+            warn!(error = %e, "cannot notify the systemd watchdog");
+        }
+    }
 }

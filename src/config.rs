@@ -84,6 +84,52 @@ pub struct Config {
     pub isolation: IsolationConfig,
     /// Health reports; no table, no reports.
     pub control_plane: Option<ControlPlaneConfig>,
+    /// Prometheus metrics.
+    pub metrics: MetricsConfig,
+    /// The agent's own log.
+    pub log: LogConfig,
+}
+
+/// Prometheus metrics over plain HTTP.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Where `GET /metrics` is served; none: no endpoint. It is plain,
+    /// unauthenticated HTTP that names segments and clusters: bind it to
+    /// loopback or a management network only.
+    pub listen: Option<SocketAddr>,
+}
+
+/// How log lines are written (to stderr, the journal under systemd).
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event, `key=value` fields; colours only
+    /// when stderr is a terminal.
+    #[default]
+    Text,
+    /// One JSON object per line (fields and the current span's fields).
+    Json,
+}
+
+/// The agent's own log.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// Filter directives (`info`, `segment_agent=debug,info`); the
+    /// `RUST_LOG` environment variable overrides them.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
 }
 
 /// Where and how often health reports go.
@@ -206,6 +252,8 @@ impl Default for Config {
             docker: DockerConfig::default(),
             isolation: IsolationConfig::default(),
             control_plane: None,
+            metrics: MetricsConfig::default(),
+            log: LogConfig::default(),
         }
     }
 }
@@ -478,6 +526,15 @@ impl Config {
         if let Some(cp) = &self.control_plane {
             cp.validate()?;
         }
+        if self.metrics.listen.is_some() && self.metrics.listen == self.listen.tcp {
+            return Err(invalid(
+                "metrics.listen",
+                "must differ from listen.tcp (the gRPC API's address)",
+            ));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return Err(invalid("log.level", format!("{:?}: {e}", self.log.level)));
+        }
         if self.docker.ready_timeout_seconds == 0 {
             return Err(invalid(
                 "docker.ready_timeout_seconds",
@@ -560,89 +617,4 @@ impl Config {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn defaults_are_valid() {
-        let c = Config::from_toml("").unwrap();
-        assert_eq!(c, Config::default());
-        assert_eq!(c.flavor.default_memory_mib, 4096);
-        assert_eq!(c.listen.socket, Path::new("/run/segment-agent/agent.sock"));
-    }
-
-    #[test]
-    fn the_shipped_examples_parse() {
-        for text in [
-            include_str!("../config/agent.toml"),
-            include_str!("../config/dev.toml"),
-        ] {
-            Config::from_toml(text).unwrap();
-        }
-    }
-
-    #[test]
-    fn rejects_bad_values() {
-        let cases = [
-            ("colour = 1", "unknown"),
-            ("apparmor = \"complain\"", "apparmor"),
-            ("[network]\nbridj = \"x\"", "unknown"),
-            ("default_image = \"../x\"", "default_image"),
-            ("state_dir = \"relative\"", "state_dir"),
-            ("[listen]\ntcp = \"0.0.0.0:7443\"", "listen.tcp"),
-            (
-                "[listen]\ntcp = \"127.0.0.1:7443\"\ntls_cert = \"/c\"",
-                "listen.tls_cert",
-            ),
-            (
-                "[network]\nranges = [\"203.0.113.20-203.0.113.10\"]",
-                "network.ranges",
-            ),
-            ("[network]\nranges = [\"198.51.100.5\"]", "network.ranges"),
-            ("[network]\nranges = [\"203.0.113.1\"]", "network.ranges"),
-            ("[network]\nprefix = 31", "network.prefix"),
-            ("[flavor]\ndefault_vcpus = 9", "flavor.default_vcpus"),
-            (
-                "[capacity]\nmemory_overcommit_ratio = 0.0",
-                "memory_overcommit_ratio",
-            ),
-            ("[capacity]\nmax_segments = 0", "max_segments"),
-            ("[docker]\ntools_dir = \"tools\"", "docker.tools_dir"),
-            (
-                "apparmor_profile_dir = \"apparmor.d\"",
-                "apparmor_profile_dir",
-            ),
-            ("[network]\ngateway = \"203.0.113.0\"", "network.ranges"),
-            (
-                "[control_plane]\nendpoint = \"http://cp.example:7444\"",
-                "plaintext",
-            ),
-            (
-                "[control_plane]\nendpoint = \"https://cp.example:7444\"",
-                "tls_ca",
-            ),
-            ("[control_plane]\nendpoint = \"ftp://x\"", "https://"),
-            (
-                "[control_plane]\nendpoint = \"http://127.0.0.1:1\"\ninterval_seconds = 0",
-                "interval",
-            ),
-            (
-                "[control_plane]\nendpoint = \"http://127.0.0.1:1\"\ncolour = 1",
-                "unknown",
-            ),
-        ];
-        for (text, needle) in cases {
-            let err = Config::from_toml(text).unwrap_err().to_string();
-            assert!(err.contains(needle), "{text:?}: {err}");
-        }
-        let ok = "[listen]\ntcp = \"127.0.0.1:7443\"";
-        Config::from_toml(ok).unwrap();
-        let cp =
-            Config::from_toml("[control_plane]\nendpoint = \"http://127.0.0.1:7444\"").unwrap();
-        assert_eq!(cp.control_plane.unwrap().interval_seconds, 10);
-        assert!(
-            Config::from_toml("").unwrap().control_plane.is_none(),
-            "no table, no reports"
-        );
-    }
-}
+mod tests;

@@ -18,6 +18,7 @@ pub mod host;
 pub mod hypervisor;
 pub mod idmap;
 pub mod images;
+pub mod metrics;
 pub mod network;
 pub mod pool;
 pub mod preflight;

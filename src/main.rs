@@ -4,7 +4,13 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use segment_agent::{
-    agent, api::Listeners, apparmor::ApparmorParser, config::Config, host::HostFacts, preflight,
+    agent,
+    api::Listeners,
+    apparmor::ApparmorParser,
+    config::{Config, LogConfig, LogFormat},
+    host::HostFacts,
+    metrics::AgentMetrics,
+    preflight,
     segment::SegmentManager,
 };
 use std::{
@@ -38,29 +44,55 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        // Colours only on a terminal: under systemd stderr is the journal.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve { config } => serve(&config),
+        Command::Serve { config } => match Config::load(&config) {
+            Ok(config) => {
+                init_logging(&config.log);
+                serve(config)
+            }
+            Err(e) => Err(e.into()),
+        },
         Command::Check { config } => check(&config),
     };
     match result {
         Ok(code) => code,
         Err(e) => {
+            // A configuration that failed to load set up no logging yet.
+            init_logging(&LogConfig::default());
             tracing::error!("{e:#}");
             ExitCode::FAILURE
         }
     }
 }
 
+/// Tracing to stderr (the journal under systemd), once: plain text (colours
+/// only on a terminal) or JSON lines; `RUST_LOG` overrides the level. Also
+/// routes libvirt's own error reports into it.
+fn init_logging(log: &LogConfig) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    let installed = match log.format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
+    };
+    if installed.is_ok() {
+        segment_agent::hypervisor::libvirt::route_errors_to_tracing();
+    }
+}
+
 fn check(path: &Path) -> anyhow::Result<ExitCode> {
+    init_logging(&LogConfig::default());
     let config = Config::load(path)?;
     let backends = agent::real_backends(&config);
     let checks = preflight::run(
@@ -87,8 +119,7 @@ fn check(path: &Path) -> anyhow::Result<ExitCode> {
 }
 
 #[tokio::main]
-async fn serve(path: &Path) -> anyhow::Result<ExitCode> {
-    let config = Config::load(path)?;
+async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     let host = HostFacts::read("/proc".as_ref(), &config.host_id)?;
     let mut settings = agent::settings(&config)?;
     let c = config.clone();
@@ -96,23 +127,38 @@ async fn serve(path: &Path) -> anyhow::Result<ExitCode> {
         tokio::task::spawn_blocking(move || agent::confinement(&c, ApparmorParser::default()))
             .await?;
     let registry = agent::registry(&config, &host)?;
-    let manager = Arc::new(SegmentManager::new(
-        agent::real_backends(&config),
-        registry,
-        settings,
-    ));
+    let metrics = Arc::new(AgentMetrics::new());
+    let manager = Arc::new(
+        SegmentManager::new(agent::real_backends(&config), registry, settings)
+            .with_observer(metrics.clone()),
+    );
+    let watchdog = agent::watchdog_period().map(|every| tokio::spawn(agent::watchdog(every)));
     let _ = sd_notify::notify(
         false,
         &[sd_notify::NotifyState::Status(
             "recovering segments from libvirt",
         )],
     );
-    agent::recover_when_available(&manager)
+    agent::recover_when_available(&manager, &metrics)
         .await
         .context("recovering segments")?;
     let listeners = Listeners::bind(&config.listen).await?;
-    let reporter = agent::reporter(&config, manager.clone(), host.clone())?.map(tokio::spawn);
-    info!(socket = %config.listen.socket.display(), tcp = ?config.listen.tcp, host_id = %host.host_id, "serving");
+    let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let endpoint = agent::metrics_endpoint(
+        &config,
+        manager.clone(),
+        host.clone(),
+        metrics.clone(),
+        async {
+            let _ = metrics_stopped.await;
+        },
+    )
+    .await?
+    .map(|(_, serve)| tokio::spawn(serve));
+    let reporter =
+        agent::reporter(&config, manager.clone(), host.clone(), metrics.clone())?.map(tokio::spawn);
+    info!(socket = %config.listen.socket.display(), tcp = ?config.listen.tcp,
+        metrics = ?config.metrics.listen, host_id = %host.host_id, "serving");
     let _ = sd_notify::notify(
         false,
         &[
@@ -120,9 +166,10 @@ async fn serve(path: &Path) -> anyhow::Result<ExitCode> {
             sd_notify::NotifyState::Status("serving"),
         ],
     );
-    agent::serve(manager, host, listeners, shutdown_signal()).await?;
-    if let Some(r) = reporter {
-        r.abort();
+    agent::serve(manager, host, listeners, metrics, shutdown_signal()).await?;
+    let _ = stop_metrics.send(());
+    for task in [reporter, endpoint, watchdog].into_iter().flatten() {
+        task.abort();
     }
     info!("stopped; segments keep running");
     Ok(ExitCode::SUCCESS)

@@ -555,6 +555,7 @@ async fn tcp_listener_requires_a_client_certificate() {
         agent.manager.clone(),
         host,
         listeners,
+        agent.metrics.clone(),
         std::future::pending(),
     ));
     let call = |identity: Option<Identity>| {

@@ -7,8 +7,10 @@ use crate::{
     proto::agent::{self as pb, segment_agent_server::SegmentAgent},
     segment::SegmentManager,
 };
-use std::sync::Arc;
+use crate::{metrics::rpc::code_name, segment::spec::SegmentId};
+use std::{sync::Arc, time::Instant};
 use tonic::{Request, Response, Status};
+use tracing::{info, warn};
 
 /// The agent's gRPC service.
 pub struct SegmentAgentService {
@@ -25,21 +27,70 @@ impl SegmentAgentService {
 
 type Reply<T> = Result<Response<T>, Status>;
 
+/// A mutating operation, as the log names it.
+struct Op {
+    operation: &'static str,
+    segment_id: String,
+    cluster_id: String,
+}
+
+impl Op {
+    /// `operation` of segment `id`, whose cluster the registry knows (when
+    /// the segment exists).
+    fn on(manager: &SegmentManager, operation: &'static str, id: &SegmentId) -> Self {
+        Op {
+            operation,
+            segment_id: id.to_string(),
+            cluster_id: manager
+                .cluster_of(id)
+                .map(|c| c.to_string())
+                .unwrap_or_default(),
+        }
+    }
+}
+
 /// Runs a mutating operation to completion even if the caller hangs up:
 /// tonic drops a handler whose client went away, and an operation dropped
-/// half-way would leave its segment in between.
+/// half-way would leave its segment in between. Logs its end with its
+/// duration (one line an operator can filter on segment_id or cluster_id).
 async fn detached<T, F>(
     manager: &Arc<SegmentManager>,
+    what: Op,
     op: impl FnOnce(Arc<SegmentManager>) -> F,
 ) -> Result<T, Status>
 where
     F: Future<Output = Result<T, crate::segment::Error>> + Send + 'static,
     T: Send + 'static,
 {
-    tokio::spawn(op(manager.clone()))
-        .await
-        .map_err(|e| Status::internal(format!("operation task failed: {e}")))?
-        .map_err(Status::from)
+    let run = op(manager.clone());
+    tokio::spawn(async move {
+        let started = Instant::now();
+        let result = run.await.map_err(Status::from);
+        let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let Op {
+            operation,
+            segment_id,
+            cluster_id,
+        } = what;
+        match &result {
+            Ok(_) => info!(
+                operation,
+                segment_id, cluster_id, duration_ms, "operation done"
+            ),
+            Err(s) => warn!(
+                operation,
+                segment_id,
+                cluster_id,
+                duration_ms,
+                code = code_name(s.code()),
+                error = s.message(),
+                "operation failed"
+            ),
+        }
+        result
+    })
+    .await
+    .map_err(|e| Status::internal(format!("operation task failed: {e}")))?
 }
 
 #[tonic::async_trait]
@@ -49,10 +100,14 @@ impl SegmentAgent for SegmentAgentService {
         request: Request<pb::CreateSegmentRequest>,
     ) -> Reply<pb::Segment> {
         let (req, ca) = convert::create_request(request.into_inner(), self.manager.settings())?;
-        let segment = detached(
-            &self.manager,
-            move |m| async move { m.create(req, ca).await },
-        )
+        let what = Op {
+            operation: "create",
+            segment_id: req.id.to_string(),
+            cluster_id: req.cluster.to_string(),
+        };
+        let segment = detached(&self.manager, what, move |m| async move {
+            m.create(req, ca).await
+        })
         .await?;
         Ok(Response::new(segment.into()))
     }
@@ -78,13 +133,25 @@ impl SegmentAgent for SegmentAgentService {
         request: Request<pb::DeleteSegmentRequest>,
     ) -> Reply<pb::DeleteSegmentResponse> {
         let id = convert::segment_id(&request.into_inner().segment_id)?;
-        detached(&self.manager, move |m| async move { m.delete(&id).await }).await?;
+        let what = Op::on(&self.manager, "delete", &id);
+        detached(
+            &self.manager,
+            what,
+            move |m| async move { m.delete(&id).await },
+        )
+        .await?;
         Ok(Response::new(pb::DeleteSegmentResponse {}))
     }
 
     async fn start_segment(&self, request: Request<pb::StartSegmentRequest>) -> Reply<pb::Segment> {
         let id = convert::segment_id(&request.into_inner().segment_id)?;
-        let segment = detached(&self.manager, move |m| async move { m.start(&id).await }).await?;
+        let what = Op::on(&self.manager, "start", &id);
+        let segment = detached(
+            &self.manager,
+            what,
+            move |m| async move { m.start(&id).await },
+        )
+        .await?;
         Ok(Response::new(segment.into()))
     }
 
@@ -92,10 +159,10 @@ impl SegmentAgent for SegmentAgentService {
         let req = request.into_inner();
         let id = convert::segment_id(&req.segment_id)?;
         let timeout = convert::stop_timeout(req.timeout_seconds)?;
-        let segment = detached(
-            &self.manager,
-            move |m| async move { m.stop(&id, timeout).await },
-        )
+        let what = Op::on(&self.manager, "stop", &id);
+        let segment = detached(&self.manager, what, move |m| async move {
+            m.stop(&id, timeout).await
+        })
         .await?;
         Ok(Response::new(segment.into()))
     }
@@ -105,10 +172,10 @@ impl SegmentAgent for SegmentAgentService {
         request: Request<pb::RebuildSegmentRequest>,
     ) -> Reply<pb::Segment> {
         let (id, ca) = convert::rebuild_request(request.into_inner())?;
-        let segment = detached(
-            &self.manager,
-            move |m| async move { m.rebuild(&id, ca).await },
-        )
+        let what = Op::on(&self.manager, "rebuild", &id);
+        let segment = detached(&self.manager, what, move |m| async move {
+            m.rebuild(&id, ca).await
+        })
         .await?;
         Ok(Response::new(segment.into()))
     }

@@ -3,7 +3,7 @@
 //! with mutual TLS (plaintext only on loopback).
 
 use super::SegmentAgentService;
-use crate::{config::ListenConfig, proto};
+use crate::{config::ListenConfig, metrics::rpc::RpcMetricsLayer, proto};
 use std::{
     future::Future,
     os::unix::fs::PermissionsExt,
@@ -104,11 +104,13 @@ fn tls_config(config: &ListenConfig) -> Result<Option<ServerTlsConfig>, ListenEr
     Ok(Some(tls))
 }
 
-/// Serves the API on every listener until `shutdown` resolves.
+/// Serves the API on every listener until `shutdown` resolves; every call
+/// goes through `rpc_metrics`.
 pub async fn serve(
     listeners: Listeners,
     service: SegmentAgentService,
     health_service: HealthServer<impl Health>,
+    rpc_metrics: RpcMetricsLayer,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ListenError> {
     let agent = proto::agent::segment_agent_server::SegmentAgentServer::new(service);
@@ -123,7 +125,7 @@ pub async fn serve(
     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let mut tasks = tokio::task::JoinSet::new();
     let make_router = |tls: Option<ServerTlsConfig>| -> Result<_, ListenError> {
-        let mut builder = Server::builder();
+        let mut builder = Server::builder().layer(rpc_metrics.clone());
         if let Some(tls) = tls {
             builder = builder.tls_config(tls)?;
         }

@@ -28,6 +28,7 @@
 //! [`HostCgroups`] is the real implementation (v1 and v2 read from the
 //! kernel's own tables); [`RecordingCgroups`] records calls for tests.
 
+pub mod usage;
 mod v1;
 mod v2;
 

@@ -1,7 +1,7 @@
 //! An in-memory hypervisor for fast tests: domains are XML strings, and
 //! failures can be injected per operation.
 
-use super::{DomainEntry, DomainUsage, HvError, Hypervisor, HypervisorVersion};
+use super::{DomainEntry, DomainUsage, HvError, Hypervisor, HypervisorVersion, InterfaceCounters};
 use crate::{segment::spec::DOMAIN_PREFIX, xml::metadata};
 use std::{
     collections::{BTreeMap, HashSet},
@@ -256,13 +256,24 @@ impl Hypervisor for FakeHypervisor {
         })
     }
 
-    fn usage(&self, name: &str) -> Result<DomainUsage, HvError> {
+    fn usage(&self, name: &str, interface: &str) -> Result<DomainUsage, HvError> {
         self.with("usage", name, |s| {
             let used = s.usage.get(name).copied().unwrap_or(0);
-            Self::domain(s, name)?;
+            let d = Self::domain(s, name)?;
+            // Like libvirt, the interface is found by the MAC in the XML.
+            let network = d
+                .xml
+                .contains(&format!("<mac address=\"{interface}\""))
+                .then_some(InterfaceCounters {
+                    rx_bytes: used / 2,
+                    tx_bytes: used / 4,
+                });
             Ok(DomainUsage {
                 memory_used_bytes: used,
                 cpu_time_ns: used / 1024,
+                network,
+                // No process stands behind a fake domain.
+                controller_pid: None,
             })
         })
     }

@@ -1,6 +1,6 @@
 //! The real hypervisor: libvirtd through the `virt` bindings.
 
-use super::{DomainEntry, DomainUsage, HvError, Hypervisor, HypervisorVersion};
+use super::{DomainEntry, DomainUsage, HvError, Hypervisor, HypervisorVersion, InterfaceCounters};
 use crate::{
     segment::spec::DOMAIN_PREFIX,
     xml::{METADATA_PREFIX, METADATA_URI, MetadataError, metadata},
@@ -12,6 +12,8 @@ use virt::{
     error::{Error as VirtError, ErrorDomain, ErrorNumber},
     sys,
 };
+
+pub use virt_log::route_errors_to_tracing;
 
 /// A libvirt connection, reopened when libvirtd went away.
 pub struct Libvirt {
@@ -201,14 +203,25 @@ impl Hypervisor for Libvirt {
         .map_err(|e| self.error("set metadata", name, e))
     }
 
-    fn usage(&self, name: &str) -> Result<DomainUsage, HvError> {
+    fn usage(&self, name: &str, interface: &str) -> Result<DomainUsage, HvError> {
         let dom = self.domain("usage", name)?;
         // The LXC driver reads these from the segment's cgroup: memory is
         // the current usage in KiB, cpu_time in ns.
         let info = dom.info().map_err(|e| self.error("usage", name, e))?;
+        // The LXC driver finds the interface by MAC and swaps the host
+        // veth's counters, so rx is what the segment received.
+        let network = dom
+            .interface_stats(interface)
+            .ok()
+            .map(|s| InterfaceCounters {
+                rx_bytes: u64::try_from(s.rx_bytes).unwrap_or(0),
+                tx_bytes: u64::try_from(s.tx_bytes).unwrap_or(0),
+            });
         Ok(DomainUsage {
             memory_used_bytes: info.memory * 1024,
             cpu_time_ns: info.cpu_time,
+            network,
+            controller_pid: dom.id(),
         })
     }
 
@@ -240,5 +253,27 @@ impl Hypervisor for Libvirt {
         Ok(HypervisorVersion {
             libvirt: format!("{}.{}.{}", v / 1_000_000, (v / 1000) % 1000, v % 1000),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use virt::error::ErrorNumber;
+
+    /// Real libvirt errors, from its in-process test driver.
+    #[test]
+    fn libvirt_errors_are_logged_at_their_level() {
+        super::route_errors_to_tracing();
+        let conn = virt::connect::Connect::open(Some("test:///default")).unwrap();
+        let missing = conn.lookup_domain_by_name("no-such-domain").unwrap_err();
+        assert!(
+            missing.code().is_known_and(|c| c == ErrorNumber::NoDomain),
+            "{missing}"
+        );
+        assert_eq!(virt_log::level_of(&missing), tracing::Level::DEBUG);
+        let bad = conn
+            .define_domain_xml("<domain type='test'><name>x</name>")
+            .unwrap_err();
+        assert_eq!(virt_log::level_of(&bad), tracing::Level::WARN, "{bad}");
     }
 }

@@ -50,6 +50,22 @@ pub struct DomainUsage {
     pub memory_used_bytes: u64,
     /// CPU time consumed since it started.
     pub cpu_time_ns: u64,
+    /// Traffic on the segment's interface; `None` when libvirt cannot
+    /// read it (the interface is being torn down).
+    pub network: Option<InterfaceCounters>,
+    /// PID of the domain's libvirt_lxc controller. It lives in the domain's
+    /// cgroups, so it leads to them (process count, OOM kills).
+    pub controller_pid: Option<u32>,
+}
+
+/// Byte counters of a segment's interface, as the segment sees them
+/// (received = sent to the segment).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct InterfaceCounters {
+    /// Bytes the segment received.
+    pub rx_bytes: u64,
+    /// Bytes the segment sent.
+    pub tx_bytes: u64,
 }
 
 /// Versions reported by the hypervisor.
@@ -79,8 +95,9 @@ pub trait Hypervisor: Send + Sync + 'static {
     fn undefine(&self, name: &str) -> Result<(), HvError>;
     /// Replaces the agent's metadata record of the domain.
     fn set_record(&self, name: &str, record_xml: &str) -> Result<(), HvError>;
-    /// Memory and CPU use of a running domain.
-    fn usage(&self, name: &str) -> Result<DomainUsage, HvError>;
+    /// Memory, CPU and network use of a running domain; `interface` is the
+    /// MAC of its network interface.
+    fn usage(&self, name: &str, interface: &str) -> Result<DomainUsage, HvError>;
     /// The host PID of a running domain's init process.
     fn init_pid(&self, name: &str) -> Result<u32, HvError>;
     /// The hypervisor's versions; also a liveness probe.

@@ -4,15 +4,18 @@
 //! them periodically and on state changes, backing off while the control
 //! plane is down. Reporting only reads: it never touches a segment.
 
+pub mod sample;
 pub mod sender;
 
 use crate::{
     api::convert::timestamp,
+    cgroups::usage::{CgroupFs, CgroupReader},
     host::HostFacts,
     proto::{agent as apb, controlplane as pb},
-    segment::{Confinement, Segment, SegmentManager, SegmentState},
+    segment::{Confinement, SegmentManager},
 };
 use procfs::FromRead;
+use sample::{DockerHealth, HostSample, SegmentSample};
 use std::{
     path::PathBuf,
     sync::{
@@ -34,6 +37,7 @@ pub struct Collector {
     boot_id: String,
     started_at: SystemTime,
     sequence: AtomicU64,
+    cgroups: Arc<dyn CgroupReader>,
 }
 
 impl Collector {
@@ -51,6 +55,7 @@ impl Collector {
         Self {
             manager,
             host,
+            cgroups: Arc::new(CgroupFs::new(proc.clone(), "/sys/fs/cgroup")),
             proc,
             state_dir,
             boot_id,
@@ -59,62 +64,55 @@ impl Collector {
         }
     }
 
+    /// Reads segment cgroups through `cgroups` instead of `/sys/fs/cgroup`.
+    pub fn with_cgroups(mut self, cgroups: Arc<dyn CgroupReader>) -> Self {
+        self.cgroups = cgroups;
+        self
+    }
+
     /// One complete report, as of now. Fails rather than send a report that
     /// looks complete but is not (a control plane would take missing
     /// segments for gone).
     pub async fn collect(&self) -> Result<pb::HealthReport, String> {
-        let libvirt = self.manager.hypervisor_version().await;
-        let segments = self
-            .manager
-            .list(None)
-            .await
-            .map_err(|e| format!("listing segments: {e}"))?;
-        let mut health = Vec::with_capacity(segments.len());
-        let mut tasks = tokio::task::JoinSet::new();
-        for (i, s) in segments.into_iter().enumerate() {
-            let m = self.manager.clone();
-            tasks.spawn(async move { (i, segment_health(&m, s).await) });
-        }
-        while let Some(done) = tasks.join_next().await {
-            health.push(done.map_err(|e| format!("segment health task: {e}"))?);
-        }
-        health.sort_by_key(|(i, _)| *i);
+        let sample = sample::sample(&self.manager, &self.cgroups).await?;
         let (proc, dir, cpus) = (self.proc.clone(), self.state_dir.clone(), self.host.cpus);
         // procfs and statvfs block (a hung state-dir filesystem would hang).
         let (host, disk) = tokio::task::spawn_blocking(move || host_figures(&proc, &dir, cpus))
             .await
             .map_err(|e| format!("host figures task: {e}"))?;
-        let mut conditions = vec![pb::Condition {
-            r#type: "LibvirtReachable".into(),
-            status: libvirt.is_ok(),
-            reason: libvirt.err().map(|e| e.to_string()).unwrap_or_default(),
-        }];
-        conditions.push(apparmor_condition(&self.manager.settings().confinement));
-        conditions.push(disk);
+        let conditions = vec![
+            pb::Condition {
+                r#type: "LibvirtReachable".into(),
+                status: sample.libvirt.is_ok(),
+                reason: sample.libvirt.as_ref().err().cloned().unwrap_or_default(),
+            },
+            apparmor_condition(&sample.confinement),
+            disk,
+        ];
         Ok(pb::HealthReport {
             host_id: self.host.host_id.clone(),
             boot_id: self.boot_id.clone(),
             agent_version: env!("CARGO_PKG_VERSION").into(),
             sequence: self.sequence.fetch_add(1, Ordering::Relaxed) + 1,
-            time: Some(timestamp(SystemTime::now())),
+            time: Some(timestamp(sample.taken_at)),
             agent_started_at: Some(timestamp(self.started_at)),
             host: Some(host),
-            capacity: Some(self.capacity()),
+            capacity: Some(capacity(&sample)),
             conditions,
-            segments: health.into_iter().map(|(_, h)| h).collect(),
+            segments: sample.segments.into_iter().map(segment_health).collect(),
         })
     }
+}
 
-    fn capacity(&self) -> pb::Capacity {
-        let (usage, capacity) = self.manager.usage();
-        pb::Capacity {
-            segment_slots: capacity.max_segments,
-            segments_used: usage.segments,
-            memory_allocatable_mib: capacity.allocatable_memory_mib,
-            memory_allocated_mib: usage.memory_mib,
-            address_pool_size: usage.pool_size,
-            address_pool_free: usage.pool_free,
-        }
+fn capacity(sample: &HostSample) -> pb::Capacity {
+    let (usage, capacity) = (&sample.usage, &sample.capacity);
+    pb::Capacity {
+        segment_slots: capacity.max_segments,
+        segments_used: usage.segments,
+        memory_allocatable_mib: capacity.allocatable_memory_mib,
+        memory_allocated_mib: usage.memory_mib,
+        address_pool_size: usage.pool_size,
+        address_pool_free: usage.pool_free,
     }
 }
 
@@ -181,35 +179,27 @@ fn apparmor_condition(c: &Confinement) -> pb::Condition {
 }
 
 /// One segment's entry: usage from libvirt, Docker readiness over TLS.
-async fn segment_health(manager: &SegmentManager, s: Segment) -> pb::SegmentHealth {
-    let running = s.state == SegmentState::Running;
-    let usage = match running {
-        true => manager
-            .segment_usage(&s.record.request.id)
-            .await
-            .unwrap_or_default(),
-        false => Default::default(),
+fn segment_health(sample: SegmentSample) -> pb::SegmentHealth {
+    let (usage, memory_limit_bytes) = (
+        sample.usage.unwrap_or_default(),
+        sample.memory_limit_bytes(),
+    );
+    let (docker_ready, docker_reason) = match sample.docker {
+        DockerHealth::NoDocker => (false, "image has no Docker".to_owned()),
+        DockerHealth::NotRunning => (false, "segment is not running".to_owned()),
+        DockerHealth::Ready => (true, String::new()),
+        DockerHealth::NotReady(e) => (false, e),
     };
-    let docker = s.record.request.ca_cert_pem.is_some();
-    let (docker_ready, docker_reason) = match (docker, running) {
-        (false, _) => (false, "image has no Docker".to_owned()),
-        (true, false) => (false, "segment is not running".to_owned()),
-        (true, true) => match manager.docker_health(&s).await {
-            Ok(()) => (true, String::new()),
-            Err(e) => (false, e),
-        },
-    };
-    let r = s.record;
+    let (s, r) = (&sample.segment, &sample.segment.record);
     pb::SegmentHealth {
         segment_id: r.request.id.to_string(),
         cluster_id: r.request.cluster.to_string(),
         state: apb::SegmentState::from(s.state) as i32,
-        state_reason: s.reason,
+        state_reason: s.reason.clone(),
         public_ipv4: r.address.to_string(),
         image: r.request.image.to_string(),
         memory_used_bytes: usage.memory_used_bytes,
-        // The cgroup's hard limit is the flavor's memory.
-        memory_limit_bytes: u64::from(r.request.flavor.memory_mib) * 1024 * 1024,
+        memory_limit_bytes,
         cpu_time_ns: usage.cpu_time_ns,
         docker_ready,
         docker_reason,

@@ -82,6 +82,23 @@ impl ReportSink for GrpcSink {
     }
 }
 
+/// What became of one report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportOutcome {
+    /// The control plane acknowledged it.
+    Delivered,
+    /// The control plane was unreachable or refused it.
+    Failed,
+    /// No complete report could be built; none was sent.
+    Skipped,
+}
+
+/// Told what became of each report (the agent's metrics listen).
+pub trait ReportObserver: Send + Sync + 'static {
+    /// One report's outcome.
+    fn report(&self, outcome: ReportOutcome);
+}
+
 /// The wait before attempt `failures + 1`: doubling from 1 s up to
 /// [`MAX_BACKOFF`], with up to ±20 % jitter so a fleet does not reconnect in
 /// step after a control plane outage.
@@ -96,12 +113,13 @@ pub fn backoff(failures: u32, jitter_seed: u64) -> Duration {
     base.mul_f64(factor)
 }
 
-/// Reports until the task is aborted.
+/// Reports until the task is aborted, telling `observer` each outcome.
 pub async fn run(
     collector: Arc<Collector>,
     sink: Arc<dyn ReportSink>,
     interval: Duration,
     mut changes: broadcast::Receiver<crate::events::Event>,
+    observer: Arc<dyn ReportObserver>,
 ) {
     let mut interval = interval;
     let mut failures: u32 = 0;
@@ -110,6 +128,7 @@ pub async fn run(
             Ok(report) => report,
             Err(e) => {
                 warn!(error = %e, "cannot build a complete health report; skipping this one");
+                observer.report(ReportOutcome::Skipped);
                 wait_for_next(&mut changes, interval, false).await;
                 continue;
             }
@@ -117,6 +136,7 @@ pub async fn run(
         let (sequence, segments) = (report.sequence, report.segments.len());
         let wait = match sink.send(report).await {
             Ok(ack) => {
+                observer.report(ReportOutcome::Delivered);
                 if failures > 0 {
                     info!(after_failures = failures, "control plane reachable again");
                 }
@@ -128,6 +148,7 @@ pub async fn run(
                 interval
             }
             Err(e) => {
+                observer.report(ReportOutcome::Failed);
                 failures += 1;
                 let wait = backoff(failures, sequence ^ u64::from(std::process::id()));
                 // Say it loudly once, then quietly while it stays down.

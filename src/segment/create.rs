@@ -3,7 +3,7 @@
 //! undoes every step; a crash is finished or undone by [`super::recover`].
 
 use super::{
-    Error, Segment, SegmentManager,
+    CreateStep, Error, Segment, SegmentManager,
     spec::{SegmentId, SegmentRecord, SegmentRequest},
 };
 use crate::{
@@ -16,19 +16,20 @@ use crate::{
     storage::SegmentDirs,
     xml::{DomainSpec, NetworkInterface},
 };
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 use tracing::{info, instrument, warn};
 
 impl SegmentManager {
     /// Creates a segment and returns it running. Idempotent on the id: the
     /// same request again returns the existing segment. `ca` is the cluster
     /// CA, required for images that run Docker; its key stays in memory.
-    #[instrument(skip_all, fields(segment_id = %request.id))]
+    #[instrument(skip_all, fields(segment_id = %request.id, cluster_id = %request.cluster))]
     pub async fn create(
         &self,
         mut request: SegmentRequest,
         ca: Option<ClusterCa>,
     ) -> Result<Segment, Error> {
+        let started = Instant::now();
         let _guard = self.locks.lock(&request.id).await;
         if let Some(existing) = self.registry.get(&request.id) {
             return self.existing(existing.record, &request).await;
@@ -41,6 +42,8 @@ impl SegmentManager {
             request.ca_cert_pem = None;
         }
         let record = self.registry.admit(request, SystemTime::now())?;
+        self.observer
+            .create_step(CreateStep::Admission, started.elapsed());
         self.announce(&record.request.id).await;
         let record = match self.provision(record.clone(), &image, ca.as_ref()).await {
             Ok(record) => record,
@@ -53,8 +56,10 @@ impl SegmentManager {
         };
         self.registry.update(&record.request.id, |e| e.op = None);
         info!(address = %record.address, image = %image.name, "segment running");
-        if ca.is_some() {
-            self.await_docker(&record).await;
+        if ca.is_some()
+            && let Some(took) = self.await_docker(&record).await
+        {
+            self.observer.create_step(CreateStep::DockerReady, took);
         }
         self.announce(&record.request.id).await;
         self.get(&record.request.id).await
@@ -144,17 +149,26 @@ impl SegmentManager {
         ca: Option<&ClusterCa>,
     ) -> Result<SegmentRecord, Error> {
         let (id, img, ids) = (record.request.id.clone(), image.clone(), record.ids);
+        let t = Instant::now();
         let dirs = self
             .storage_blocking(move |s| s.prepare(&id, &img, ids))
             .await?;
+        self.observer.create_step(CreateStep::Rootfs, t.elapsed());
         if let Some(ca) = ca {
+            let t = Instant::now();
             record.server_cert_not_after = Some(self.certify(&record, ca, &dirs).await?);
+            self.observer
+                .create_step(CreateStep::Certificates, t.elapsed());
             let r = record.clone();
             self.registry.update(&record.request.id, |e| e.record = r);
         }
         let xml = self.domain_spec(&record, image, &dirs).to_xml();
+        let t = Instant::now();
         self.blocking(move |hv| hv.define(&xml)).await?;
+        self.observer.create_step(CreateStep::Define, t.elapsed());
+        let t = Instant::now();
         self.boot(&record, image.docker).await?;
+        self.observer.create_step(CreateStep::Start, t.elapsed());
         Ok(record)
     }
 
@@ -226,8 +240,8 @@ impl SegmentManager {
 
     /// Waits for Docker to answer `/_ping` over TLS; a segment whose Docker
     /// does not answer in time is FAILED with the reason (it is not removed:
-    /// only DeleteSegment removes a segment).
-    pub(crate) async fn await_docker(&self, record: &SegmentRecord) {
+    /// only DeleteSegment removes a segment). Returns how long Docker took.
+    pub(crate) async fn await_docker(&self, record: &SegmentRecord) -> Option<Duration> {
         let id = &record.request.id;
         let endpoint = std::net::SocketAddr::from((record.address, docker::DOCKER_TLS_PORT));
         let timeout = self.settings.docker.ready_timeout;
@@ -238,13 +252,17 @@ impl SegmentManager {
             Err(e) => Err(e.to_string()),
         };
         match outcome {
-            Ok(took) => info!(?took, "Docker answers /_ping over TLS"),
+            Ok(took) => {
+                info!(?took, "Docker answers /_ping over TLS");
+                Some(took)
+            }
             Err(last) => {
                 let reason = format!(
                     "Docker did not answer /_ping over TLS on {endpoint} within {timeout:?}: {last}"
                 );
                 warn!(%reason, "segment FAILED");
                 self.registry.update(id, |e| e.failure = Some(reason));
+                None
             }
         }
     }

@@ -116,6 +116,50 @@ impl Confinement {
     }
 }
 
+/// The steps of CreateSegment, as the agent's metrics time them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CreateStep {
+    /// From the request to the admitted record (checks, image, address).
+    Admission,
+    /// The segment's filesystems (overlay root, Docker's data directory).
+    Rootfs,
+    /// Issuing Docker's certificates and writing its configuration.
+    Certificates,
+    /// `define` of the domain.
+    Define,
+    /// `start` of the domain.
+    Start,
+    /// From a started domain to Docker answering `/_ping` over TLS.
+    DockerReady,
+}
+
+impl CreateStep {
+    /// The step's name in metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            CreateStep::Admission => "admission",
+            CreateStep::Rootfs => "rootfs",
+            CreateStep::Certificates => "certificates",
+            CreateStep::Define => "define",
+            CreateStep::Start => "start",
+            CreateStep::DockerReady => "docker_ready",
+        }
+    }
+}
+
+/// Told how long lifecycle steps take (the agent's metrics listen).
+pub trait LifecycleObserver: Send + Sync + 'static {
+    /// One step of a successful create took `took`.
+    fn create_step(&self, step: CreateStep, took: Duration);
+}
+
+/// Nobody listens.
+struct Unobserved;
+
+impl LifecycleObserver for Unobserved {
+    fn create_step(&self, _: CreateStep, _: Duration) {}
+}
+
 /// The host's external systems, each behind its trait.
 pub struct Backends {
     /// libvirt.
@@ -141,6 +185,7 @@ pub struct SegmentManager {
     locks: SegmentLocks,
     settings: Settings,
     events: EventHub,
+    observer: Arc<dyn LifecycleObserver>,
 }
 
 impl SegmentManager {
@@ -157,7 +202,14 @@ impl SegmentManager {
             locks: SegmentLocks::default(),
             settings,
             events: EventHub::default(),
+            observer: Arc::new(Unobserved),
         }
+    }
+
+    /// Tells `observer` how long lifecycle steps take.
+    pub fn with_observer(mut self, observer: Arc<dyn LifecycleObserver>) -> Self {
+        self.observer = observer;
+        self
     }
 
     /// State changes, for watchers.
@@ -203,6 +255,11 @@ impl SegmentManager {
     /// Current use of the host, and its limits.
     pub fn usage(&self) -> (Usage, registry::Capacity) {
         (self.registry.usage(), self.registry.capacity())
+    }
+
+    /// The cluster of a registered segment.
+    pub fn cluster_of(&self, id: &SegmentId) -> Option<ClusterId> {
+        self.registry.get(id).map(|e| e.record.request.cluster)
     }
 
     /// One segment with its observed state.
@@ -296,12 +353,21 @@ impl SegmentManager {
 }
 
 impl SegmentManager {
-    /// Memory and CPU use of a running segment.
+    /// Memory, CPU and network use of a running segment.
     pub async fn segment_usage(
         &self,
-        id: &SegmentId,
+        record: &SegmentRecord,
     ) -> Result<crate::hypervisor::DomainUsage, Error> {
-        let name = id.domain_name();
-        self.blocking(move |hv| hv.usage(&name)).await
+        let name = record.request.id.domain_name();
+        let n = &self.settings.network;
+        // The interface as the segment's domain XML has it.
+        let mac = crate::xml::NetworkInterface {
+            bridge: n.bridge.clone(),
+            address: record.address,
+            prefix: n.prefix,
+            gateway: n.gateway,
+        }
+        .mac();
+        self.blocking(move |hv| hv.usage(&name, &mac)).await
     }
 }

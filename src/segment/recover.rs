@@ -35,6 +35,7 @@ impl SegmentManager {
     /// Rebuilds the agent's view from libvirt; run once before serving.
     #[instrument(skip(self))]
     pub async fn recover(&self) -> Result<RecoveryReport, Error> {
+        let started = std::time::Instant::now();
         let mut report = RecoveryReport::default();
         let domains = self.blocking(|hv| hv.list_segments()).await?;
         // Every seg- domain keeps its directory, adopted or not: a domain
@@ -63,7 +64,8 @@ impl SegmentManager {
             }
         }
         self.observe_all().await?;
-        info!(?report, "recovery done");
+        let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+        info!(operation = "recover", duration_ms, ?report, "recovery done");
         Ok(report)
     }
 

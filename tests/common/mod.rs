@@ -19,6 +19,7 @@ use segment_agent::{
     host::HostFacts,
     hypervisor::{Hypervisor, fake::FakeHypervisor},
     images::ImageStore,
+    metrics::AgentMetrics,
     proto::agent::{CreateSegmentRequest, Flavor, segment_agent_client::SegmentAgentClient},
     segment::{Backends, SegmentManager},
     storage::{PlainDirStorage, SegmentStorage},
@@ -110,6 +111,10 @@ pub struct FakeAgent {
     pub cgroups: Arc<RecordingCgroups>,
     pub client: SegmentAgentClient<Channel>,
     pub manager: Arc<SegmentManager>,
+    /// The agent's own counters.
+    pub metrics: Arc<AgentMetrics>,
+    /// Where `/metrics` is served, when `[metrics] listen` is configured.
+    pub metrics_addr: Option<std::net::SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -195,26 +200,39 @@ impl FakeAgent {
         let mut settings = agent::settings(&config).unwrap();
         let loader = NoApparmor(dir.path().join("no-apparmor"));
         settings.confinement = agent::confinement(&config, loader);
-        let manager = Arc::new(SegmentManager::new(
-            backends,
-            agent::registry(&config, &host).unwrap(),
-            settings,
-        ));
-        manager.recover().await.unwrap();
+        let metrics = Arc::new(AgentMetrics::new());
+        let manager = Arc::new(
+            SegmentManager::new(backends, agent::registry(&config, &host).unwrap(), settings)
+                .with_observer(metrics.clone()),
+        );
+        let started = std::time::Instant::now();
+        let recovered = manager.recover().await.unwrap();
+        metrics.recovered(&recovered, started.elapsed());
         let listeners = Listeners::bind(&config.listen).await.unwrap();
-        let reporter = agent::reporter(&config, manager.clone(), host.clone())
+        let reporter = agent::reporter(&config, manager.clone(), host.clone(), metrics.clone())
             .unwrap()
             .map(tokio::spawn);
+        let endpoint = agent::metrics_endpoint(
+            &config,
+            manager.clone(),
+            host.clone(),
+            metrics.clone(),
+            std::future::pending(),
+        )
+        .await
+        .unwrap();
+        let metrics_addr = endpoint.as_ref().map(|(addr, _)| *addr);
+        let endpoint = endpoint.map(|(_, serve)| tokio::spawn(serve));
         let (stop, stopped) = oneshot::channel();
-        let m = manager.clone();
+        let (m, am) = (manager.clone(), metrics.clone());
         let task = tokio::spawn(async move {
-            agent::serve(m, host, listeners, async {
+            agent::serve(m, host, listeners, am, async {
                 let _ = stopped.await;
             })
             .await
             .unwrap();
-            if let Some(r) = reporter {
-                r.abort();
+            for t in [reporter, endpoint].into_iter().flatten() {
+                t.abort();
             }
         });
         let client = SegmentAgentClient::new(unix_channel(&socket).await);
@@ -224,6 +242,8 @@ impl FakeAgent {
             cgroups,
             client,
             manager,
+            metrics,
+            metrics_addr,
             stop: Some(stop),
             task: Some(task),
         }

@@ -119,6 +119,13 @@ struct Args {
     /// Where the dev agent reports to (config/dev.toml).
     #[arg(long, default_value = "127.0.0.1:7444")]
     control_plane: std::net::SocketAddr,
+    /// Instead of create latency: the size and the agent's CPU cost of a
+    /// `/metrics` scrape with `count` segments (scrapes `--metrics-addr`).
+    #[arg(long)]
+    metrics: bool,
+    /// Where the agent serves `/metrics` (config/dev.toml).
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    metrics_addr: std::net::SocketAddr,
     /// The dev agent's pid file.
     #[arg(long, default_value = "/run/segment-agent/agent.pid")]
     pid_file: PathBuf,
@@ -127,6 +134,7 @@ struct Args {
 mod agent;
 mod baseline;
 mod reports;
+mod scrapes;
 
 use agent::Agent;
 use baseline::{Baseline, path, virsh};
@@ -323,7 +331,7 @@ async fn run(args: Args) -> Result<()> {
         }
     });
     sweep(&mut agent, &baseline).await?;
-    let measured = if args.reports {
+    let measured = if args.reports || args.metrics {
         if args.docker {
             let (ca_cert_pem, ca_key_pem) =
                 certs::generate_test_ca("bench-cluster", Duration::from_secs(86400))?;
@@ -332,7 +340,11 @@ async fn run(args: Args) -> Result<()> {
                 ca_key_pem,
             });
         }
-        reports::run(&mut agent, args.count, args.control_plane, &args.pid_file).await
+        if args.metrics {
+            scrapes::run(&mut agent, args.count, args.metrics_addr, &args.pid_file).await
+        } else {
+            reports::run(&mut agent, args.count, args.control_plane, &args.pid_file).await
+        }
     } else if args.docker {
         with_docker(&args, &mut agent, &baseline).await
     } else {

@@ -48,7 +48,7 @@ impl ControlPlane for Plane {
 }
 
 /// CPU time (user + system) of a process so far.
-fn cpu_time(pid: u32) -> Result<Duration> {
+pub(crate) fn cpu_time(pid: u32) -> Result<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).context("agent process")?;
     let rest = &stat[stat.rfind(')').context("stat format")? + 2..];
     let f: Vec<&str> = rest.split(' ').collect();
