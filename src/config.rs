@@ -3,6 +3,7 @@
 
 use crate::{
     apparmor::ApparmorMode,
+    network::filter::FilterMode,
     segment::spec::{FlavorLimits, ImageName},
 };
 use serde::Deserialize;
@@ -250,6 +251,10 @@ pub struct NetworkConfig {
     pub gateway: Ipv4Addr,
     /// Address ranges, `"FIRST-LAST"` or a single address.
     pub ranges: Vec<String>,
+    /// `enforce`: every segment's bridge port carries only its own MAC and
+    /// address (nftables bridge rules), and no segment starts on a host
+    /// that cannot enforce that. `off`: unfiltered (hosts without nftables).
+    pub filter: FilterMode,
 }
 
 impl Default for NetworkConfig {
@@ -259,6 +264,7 @@ impl Default for NetworkConfig {
             prefix: 24,
             gateway: Ipv4Addr::new(203, 0, 113, 1),
             ranges: vec!["203.0.113.10-203.0.113.200".into()],
+            filter: FilterMode::Enforce,
         }
     }
 }
@@ -587,6 +593,7 @@ mod tests {
             ("colour = 1", "unknown"),
             ("apparmor = \"complain\"", "apparmor"),
             ("[network]\nbridj = \"x\"", "unknown"),
+            ("[network]\nfilter = \"ebtables\"", "filter"),
             ("default_image = \"../x\"", "default_image"),
             ("state_dir = \"relative\"", "state_dir"),
             ("[listen]\ntcp = \"0.0.0.0:7443\"", "listen.tcp"),
@@ -637,6 +644,9 @@ mod tests {
         }
         let ok = "[listen]\ntcp = \"127.0.0.1:7443\"";
         Config::from_toml(ok).unwrap();
+        let off = Config::from_toml("[network]\nfilter = \"off\"").unwrap();
+        assert_eq!(off.network.filter, FilterMode::Off);
+        assert_eq!(Config::default().network.filter, FilterMode::Enforce);
         let cp =
             Config::from_toml("[control_plane]\nendpoint = \"http://127.0.0.1:7444\"").unwrap();
         assert_eq!(cp.control_plane.unwrap().interval_seconds, 10);

@@ -65,6 +65,7 @@ fn check(path: &Path) -> anyhow::Result<ExitCode> {
         &config,
         backends.hypervisor.as_ref(),
         &ApparmorParser::default(),
+        backends.filter.as_ref(),
     );
     let mut failed = 0;
     for c in &checks {
@@ -93,12 +94,12 @@ async fn serve(path: &Path) -> anyhow::Result<ExitCode> {
     settings.confinement =
         tokio::task::spawn_blocking(move || agent::confinement(&c, ApparmorParser::default()))
             .await?;
+    let backends = agent::real_backends(&config);
+    let (c, filter) = (config.clone(), backends.filter.clone());
+    settings.filtering =
+        tokio::task::spawn_blocking(move || agent::filtering(&c, filter.as_ref())).await?;
     let registry = agent::registry(&config, &host)?;
-    let manager = Arc::new(SegmentManager::new(
-        agent::real_backends(&config),
-        registry,
-        settings,
-    ));
+    let manager = Arc::new(SegmentManager::new(backends, registry, settings));
     let _ = sd_notify::notify(
         false,
         &[sd_notify::NotifyState::Status(

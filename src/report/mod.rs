@@ -9,6 +9,7 @@ pub mod sender;
 use crate::{
     api::convert::timestamp,
     host::HostFacts,
+    network::filter::Filtering,
     proto::{agent as apb, controlplane as pb},
     segment::{Confinement, Segment, SegmentManager, SegmentState},
 };
@@ -90,6 +91,7 @@ impl Collector {
             reason: libvirt.err().map(|e| e.to_string()).unwrap_or_default(),
         }];
         conditions.push(apparmor_condition(&self.manager.settings().confinement));
+        conditions.push(filter_condition(&self.manager.settings().filtering));
         conditions.push(disk);
         Ok(pb::HealthReport {
             host_id: self.host.host_id.clone(),
@@ -175,6 +177,19 @@ fn apparmor_condition(c: &Confinement) -> pb::Condition {
     };
     pb::Condition {
         r#type: "AppArmorEnforced".into(),
+        status,
+        reason,
+    }
+}
+
+fn filter_condition(f: &Filtering) -> pb::Condition {
+    let (status, reason) = match f {
+        Filtering::Enforced => (true, String::new()),
+        Filtering::Off => (false, "configured off: segment ports are unfiltered".into()),
+        Filtering::Unavailable(r) => (false, r.clone()),
+    };
+    pb::Condition {
+        r#type: "BridgeFilterEnforced".into(),
         status,
         reason,
     }

@@ -19,6 +19,7 @@ use segment_agent::{
     host::HostFacts,
     hypervisor::{Hypervisor, fake::FakeHypervisor},
     images::ImageStore,
+    network::fake::FakeFilter,
     proto::agent::{CreateSegmentRequest, Flavor, segment_agent_client::SegmentAgentClient},
     segment::{Backends, SegmentManager},
     storage::{PlainDirStorage, SegmentStorage},
@@ -110,6 +111,8 @@ pub struct FakeAgent {
     pub cgroups: Arc<RecordingCgroups>,
     pub client: SegmentAgentClient<Channel>,
     pub manager: Arc<SegmentManager>,
+    /// The bridge filter it applies (shared with the agent).
+    pub filter: FakeFilter,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -155,12 +158,32 @@ impl FakeAgent {
         .await
     }
 
+    /// Like [`FakeAgent::start_with`], with the given bridge filter.
+    pub async fn start_with_filter(
+        hv: Arc<FakeHypervisor>,
+        dir: tempfile::TempDir,
+        extra: &str,
+        filter: FakeFilter,
+    ) -> Self {
+        Self::start_over(hv, dir, extra, FakeProbe { ready: true }, filter).await
+    }
+
     /// Like [`FakeAgent::start_with`], with the given Docker probe.
     pub async fn start_with_probe_over(
         hv: Arc<FakeHypervisor>,
         dir: tempfile::TempDir,
         extra: &str,
         probe: FakeProbe,
+    ) -> Self {
+        Self::start_over(hv, dir, extra, probe, FakeFilter::new()).await
+    }
+
+    async fn start_over(
+        hv: Arc<FakeHypervisor>,
+        dir: tempfile::TempDir,
+        extra: &str,
+        probe: FakeProbe,
+        filter: FakeFilter,
     ) -> Self {
         let socket = dir.path().join("agent.sock");
         let cgroups = Arc::new(RecordingCgroups::default());
@@ -191,10 +214,12 @@ impl FakeAgent {
             images: ImageStore::new(dir.path().join("images")),
             probe: Arc::new(probe),
             cgroups: cgroups.clone() as Arc<dyn SegmentCgroups>,
+            filter: Arc::new(filter.clone()),
         };
         let mut settings = agent::settings(&config).unwrap();
         let loader = NoApparmor(dir.path().join("no-apparmor"));
         settings.confinement = agent::confinement(&config, loader);
+        settings.filtering = agent::filtering(&config, &filter);
         let manager = Arc::new(SegmentManager::new(
             backends,
             agent::registry(&config, &host).unwrap(),
@@ -224,6 +249,7 @@ impl FakeAgent {
             cgroups,
             client,
             manager,
+            filter,
             stop: Some(stop),
             task: Some(task),
         }
