@@ -6,6 +6,8 @@
 
 pub mod control_plane;
 pub mod docker;
+pub mod frames;
+pub mod net;
 pub mod real;
 
 use hyper_util::rt::TokioIo;
