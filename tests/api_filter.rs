@@ -75,10 +75,22 @@ async fn a_port_the_filter_refuses_never_starts() {
         "never started: {calls:?}"
     );
     assert!(a.hv.domain_xml("seg-web-1").is_none(), "create undone");
+    let gone = a
+        .client
+        .get_segment(GetSegmentRequest {
+            segment_id: "web-1".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code(), Code::NotFound, "{gone:?}");
 
     // The same on StartSegment: a stopped segment stays stopped.
     filter.set_failing(false);
-    a.create("web-2", "c1").await;
+    let s = a.create("web-2", "c1").await;
+    assert_eq!(
+        s.public_ipv4, "203.0.113.10",
+        "the refused create's address is free"
+    );
     a.client
         .stop_segment(StopSegmentRequest {
             segment_id: "web-2".into(),

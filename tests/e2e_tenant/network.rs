@@ -193,10 +193,8 @@ async fn macvlan_and_ipvlan_interfaces_never_reach_the_bridge() {
     let gw = gateway();
 
     // Through the Docker API, as the customer would: a macvlan network on
-    // eth0 holding a chosen address and MAC. If the policy plugin refuses
-    // the network, that is a layer in front of the filter; if it allows it,
-    // the filter must contain it.
-    let (mv_ip, mv_mac) = ("203.0.113.186", "02:42:cb:00:71:ba");
+    // eth0. If the policy plugin refuses it, that is a layer in front of
+    // the filter; if it allows it, the filter must contain it.
     let created = cli.run(&[
         "network",
         "create",
@@ -212,124 +210,100 @@ async fn macvlan_and_ipvlan_interfaces_never_reach_the_bridge() {
     ]);
     eprintln!("docker network create -d macvlan: {created:?}");
     if created.success {
-        let tag = "netmv-docker";
-        let station = Station {
-            mac: net::parse_mac(mv_mac),
-            ip: mv_ip.parse().unwrap(),
-        };
-        let frame = frames::eth(
-            gw.mac,
-            station.mac,
-            0x0800,
-            &frames::ipv4_udp(
-                station.ip,
-                GATEWAY,
-                40000,
-                31337,
-                &frames::marker(tag, "macvlan"),
-            ),
-        );
-        let hex = frames::hex(&frame);
-        let seen = observe((NETNS, "segbr0"), (&v.netns, "eth0"), || {
-            let out = cli.run(&[
-                "run",
-                "--rm",
-                "--net",
-                "netmv-macvlan",
-                "--ip",
-                mv_ip,
-                "--mac-address",
-                mv_mac,
-                "busybox",
-                "sh",
-                "-c",
-                &format!(
-                    "ping -c 2 -W 1 203.0.113.1; ping -c 1 -W 1 {}; /rawsend eth0 1 {hex}",
-                    v.ip()
-                ),
-            ]);
-            // It ran on the macvlan, sent, and got no answer.
-            let sent = out.stdout.contains("sent 1 frames")
-                && out
-                    .stdout
-                    .contains("2 packets transmitted, 0 packets received");
-            assert!(
-                sent && !out.stdout.contains("bytes from"),
-                "the macvlan container: {out:?}"
-            );
-        });
-        assert!(
-            seen.gateway.is_empty() && seen.victim.is_empty(),
-            "{seen:?}"
-        );
-        assert_ne!(
-            neighbour(NETNS, station.ip),
-            Some(station.mac),
-            "the gateway never learns it"
-        );
+        macvlan_container_is_contained(&cli, &v, gw);
     } else {
-        assert!(
-            created
-                .stderr
-                .contains("authorization denied by plugin segment-policy"),
-            "refused, but not by the policy: {created:?}"
-        );
+        let refused = created
+            .stderr
+            .contains("authorization denied by plugin segment-policy");
+        assert!(refused, "refused, but not by the policy: {created:?}");
     }
+    foreign_interfaces_in_the_segment_are_contained(&a);
+    assert_true_mappings(&a, &v, gw);
+}
 
-    // Below Docker: what a policy bypass would leave, made in the segment's
-    // namespace directly. A macvlan with a MAC and an address of its own;
-    // an address of its own behind eth0's MAC (what an L2 ipvlan sends:
-    // this kernel has no ipvlan, `ip` says "Unknown device type").
-    let ipvlan = nsenter(
-        &a.netns,
-        &[
-            "ip", "link", "add", "ipv0", "link", "eth0", "type", "ipvlan",
-        ],
+/// A container on the macvlan network `netmv-macvlan` pings the gateway and
+/// V and sends a marked frame from its own MAC and address: none of it
+/// arrives, and the gateway never learns its MAC.
+fn macvlan_container_is_contained(cli: &DockerCli, v: &Seg, gw: Station) {
+    // The container's MAC is Docker's choice (dockerd 20.10 takes no
+    // --mac-address per network): its sender reads it from eth0.
+    let (tag, ip) = ("netmv-docker", Ipv4Addr::new(203, 0, 113, 186));
+    let udp = frames::ipv4_udp(ip, GATEWAY, 40000, 31337, &frames::marker(tag, "macvlan"));
+    let rest = frames::hex(&[&0x0800u16.to_be_bytes()[..], &udp].concat());
+    let script = format!(
+        "mac=$(tr -d ':\\n' < /sys/class/net/eth0/address); echo mac=$mac; \
+         ping -c 2 -W 1 203.0.113.1; ping -c 1 -W 1 {v}; /rawsend eth0 1 {gw}$mac{rest}",
+        v = v.ip(),
+        gw = frames::hex(&gw.mac),
     );
-    if ipvlan.status.success() {
-        nsenter_ok(&a.netns, &["ip", "link", "del", "ipv0"]);
-        eprintln!(
-            "note: this kernel has ipvlan; its frames are eth0's MAC with another address, as below"
-        );
-    }
-    let mv = [
-        "ip", "link", "add", "mv0", "link", "eth0", "type", "macvlan", "mode", "bridge",
+    let ip_text = ip.to_string();
+    let run = [
+        "run",
+        "--rm",
+        "--net",
+        "netmv-macvlan",
+        "--ip",
+        &ip_text,
+        "busybox",
+        "sh",
+        "-c",
     ];
-    nsenter_ok(&a.netns, &mv);
-    nsenter_ok(
-        &a.netns,
-        &["ip", "addr", "add", "203.0.113.186/24", "dev", "mv0"],
+    let mut out = None;
+    let seen = observe((NETNS, "segbr0"), (&v.netns, "eth0"), || {
+        out = Some(cli.run(&[&run[..], &[script.as_str()]].concat()));
+    });
+    let out = out.unwrap();
+    // It ran on the macvlan, sent, and got no answer.
+    let sent = out.stdout.contains("sent 1 frames")
+        && out
+            .stdout
+            .contains("2 packets transmitted, 0 packets received");
+    assert!(
+        sent && !out.stdout.contains("bytes from"),
+        "the macvlan container: {out:?}"
     );
-    nsenter_ok(&a.netns, &["ip", "link", "set", "mv0", "up"]);
-    let via_macvlan = nsenter(
-        &a.netns,
-        &["ping", "-c", "2", "-W", "1", "-I", "mv0", "203.0.113.1"],
+    let ours = |m: &String| m.starts_with(&format!("{tag}/"));
+    assert!(
+        !seen.gateway.iter().any(ours) && !seen.victim.iter().any(ours),
+        "{seen:?}"
     );
-    nsenter_ok(&a.netns, &["ip", "link", "del", "mv0"]);
-    nsenter_ok(
-        &a.netns,
-        &["ip", "addr", "add", "203.0.113.187/32", "dev", "eth0"],
+    let mac = out
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("mac="))
+        .expect("its MAC");
+    let learned = neighbour(NETNS, ip).map(|m| frames::hex(&m));
+    assert_ne!(
+        learned.as_deref(),
+        Some(mac),
+        "the gateway never learns the macvlan's MAC"
     );
-    let via_eth0 = nsenter(
-        &a.netns,
-        &[
-            "ping",
-            "-c",
-            "2",
-            "-W",
-            "1",
-            "-I",
-            "203.0.113.187",
-            "203.0.113.1",
-        ],
-    );
-    nsenter_ok(
-        &a.netns,
-        &["ip", "addr", "del", "203.0.113.187/32", "dev", "eth0"],
+}
+
+/// Below Docker, what a policy bypass would leave, made in A's namespace
+/// directly: a macvlan with a MAC and an address of its own, and an address
+/// of its own behind eth0's MAC (what an L2 ipvlan sends; this kernel has
+/// no ipvlan: `ip` says "Unknown device type"). Both ping the gateway.
+fn foreign_interfaces_in_the_segment_are_contained(a: &Seg) {
+    let sh = |script: &str| nsenter(&a.netns, &["sh", "-c", script]);
+    let ipvlan = sh("ip link add ipv0 link eth0 type ipvlan && ip link del ipv0");
+    if ipvlan.status.success() {
+        eprintln!("note: this kernel has ipvlan; its frames are eth0's MAC and another address");
+    }
+    let via_macvlan = sh("ip link add mv0 link eth0 type macvlan mode bridge && \
+         ip addr add 203.0.113.186/24 dev mv0 && ip link set mv0 up && \
+         ping -c 2 -W 1 -I mv0 203.0.113.1; ip link del mv0");
+    let via_eth0 = sh(
+        "ip addr add 203.0.113.187/32 dev eth0 && ping -c 2 -W 1 -I 203.0.113.187 203.0.113.1; \
+         ip addr del 203.0.113.187/32 dev eth0",
     );
     for (what, out, ip) in [
-        ("a macvlan", via_macvlan, "203.0.113.186"),
-        ("another address on eth0", via_eth0, "203.0.113.187"),
+        ("a macvlan", via_macvlan, Ipv4Addr::new(203, 0, 113, 186)),
+        (
+            "another address on eth0",
+            via_eth0,
+            Ipv4Addr::new(203, 0, 113, 187),
+        ),
     ] {
         // Sent (so the attempt was real), never answered.
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -337,14 +311,12 @@ async fn macvlan_and_ipvlan_interfaces_never_reach_the_bridge() {
             text.contains("2 packets transmitted, 0 received"),
             "{what}: {out:?}"
         );
-        let ip: Ipv4Addr = ip.parse().unwrap();
         let learned = neighbour(NETNS, ip);
         assert!(
             learned.is_none_or(|mac| mac == [0; 6]),
             "the gateway learned {ip}: {learned:?}"
         );
     }
-    assert_true_mappings(&a, &v, gw);
 }
 
 #[tokio::test]
@@ -353,34 +325,10 @@ async fn the_segments_own_traffic_still_flows() {
     let (agent, a, v) = pair("netflow", "203.0.113.188-203.0.113.189", "", Some(&ca)).await;
     let (cli_a, cli_v) = (DockerCli::of(&a.ip(), &ca), DockerCli::of(&v.ip(), &ca));
     cli_a.import_busybox();
-    cli_v.import_busybox();
-    let serve = "mkdir -p /www && echo hello-from-v > /www/index.html && exec httpd -f -p";
-    // A published port (Docker's NAT on V) and a --net host server on V.
-    cli_v.ok(&[
-        "run",
-        "-d",
-        "-p",
-        "8080:80",
-        "busybox",
-        "sh",
-        "-c",
-        &format!("{serve} 80 -h /www"),
-    ]);
-    cli_v.ok(&[
-        "run",
-        "-d",
-        "--net",
-        "host",
-        "busybox",
-        "sh",
-        "-c",
-        &format!("{serve} 8081 -h /www"),
-    ]);
-    let url = |port: u16| format!("http://{}:{port}/", v.ip());
-    let (published, host) = (url(8080), url(8081));
+    let (published, host) = serve_on(&cli_v, &v);
     wait_for(
         || curl(&published).contains("hello-from-v"),
-        "V's published port from the gateway",
+        "V's published port",
     );
     assert!(
         curl(&host).contains("hello-from-v"),
@@ -403,38 +351,46 @@ async fn the_segments_own_traffic_still_flows() {
         assert!(out.success, "A pings {to}: {out:?}");
     }
     // A gratuitous ARP for its own address is allowed and changes nothing.
+    let ip = a.ip();
     let out = host_net(
         &cli_a,
-        &[
-            "arping",
-            "-U",
-            "-c",
-            "1",
-            "-I",
-            "eth0",
-            "-s",
-            &a.ip(),
-            &a.ip(),
-        ],
+        &["arping", "-U", "-c", "1", "-I", "eth0", "-s", &ip, &ip],
     );
     assert!(out.success, "{out:?}");
     assert_eq!(neighbour(NETNS, a.station.ip), Some(a.station.mac));
 
-    // Stopped and started again: the same port, filtered, and serving.
+    // Stopped and started again: the same port, filtered, and answering.
     let mut c = agent.client().await;
     let id = "netflow-v".to_string();
-    c.stop_segment(StopSegmentRequest {
+    let stop = StopSegmentRequest {
         segment_id: id.clone(),
         timeout_seconds: 10,
-    })
-    .await
-    .unwrap();
+    };
+    c.stop_segment(stop).await.unwrap();
     c.start_segment(StartSegmentRequest { segment_id: id })
         .await
         .unwrap();
     let ports = String::from_utf8_lossy(&in_sandbox(&["ip", "-brief", "link"]).stdout).into_owned();
     assert!(ports.contains(&format!("{}@", v.port)), "{ports}");
     wait_for(|| pings(&v.ip()), "V after a restart");
+}
+
+/// Two web servers on V: one behind a published port (Docker's NAT), one in
+/// a `--net host` container; their URLs.
+fn serve_on(cli: &DockerCli, v: &Seg) -> (String, String) {
+    cli.import_busybox();
+    let serve = "mkdir -p /www && echo hello-from-v > /www/index.html && exec httpd -f -h /www -p";
+    for (net, publish, port) in [("bridge", Some("8080:80"), 80), ("host", None, 8081)] {
+        let script = format!("{serve} {port}");
+        let mut args = vec!["run", "-d", "--net", net];
+        if let Some(publish) = publish {
+            args.extend(["-p", publish]);
+        }
+        args.extend(["busybox", "sh", "-c", &script]);
+        cli.ok(&args);
+    }
+    let url = |port: u16| format!("http://{}:{port}/", v.ip());
+    (url(8080), url(8081))
 }
 
 #[tokio::test]
