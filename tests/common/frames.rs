@@ -222,6 +222,11 @@ fn controls(a: Station, v: Station, gw: Station) -> Vec<Untagged<'static>> {
         probe("control-udp-to-victim", Expect::Victim, move |m| {
             udp_to(a, v, m)
         }),
+        // Broadcasts of its own reach the gateway, never another segment.
+        probe("control-broadcast-udp", Expect::Gateway, move |m| {
+            let ip = ipv4_udp(a.ip, Ipv4Addr::BROADCAST, 40000, 31337, m);
+            eth(BROADCAST, a.mac, 0x0800, &ip)
+        }),
         // A gratuitous ARP for its own address reaches the gateway; the
         // victim sees only ARP about its own address.
         probe("control-gratuitous-arp-own", Expect::Gateway, move |m| {
@@ -266,6 +271,19 @@ fn arp_attacks(a: Station, v: Station, gw: Station) -> Vec<Untagged<'static>> {
                 0x0806,
                 &arp(1, claim(v.ip), unknown(gw.ip), m),
             )
+        }),
+        probe("gratuitous-arp-gateway-ip", Expect::Nowhere, move |m| {
+            eth(
+                BROADCAST,
+                a.mac,
+                0x0806,
+                &arp(1, claim(gw.ip), unknown(gw.ip), m),
+            )
+        }),
+        // An RFC 5227 probe (sender 0.0.0.0): segments have static addresses.
+        probe("arp-probe-unspecified-sender", Expect::Nowhere, move |m| {
+            let none = claim(Ipv4Addr::UNSPECIFIED);
+            eth(BROADCAST, a.mac, 0x0806, &arp(1, none, unknown(v.ip), m))
         }),
         probe(
             "arp-reply-to-victim-gateway-ip",
@@ -320,6 +338,10 @@ fn ipv4_attacks(a: Station, v: Station, gw: Station) -> Vec<Untagged<'static>> {
         }),
         probe("foreign-source-ip", Expect::Nowhere, move |m| {
             udp_to(stranger, gw, m)
+        }),
+        probe("ipv4-unspecified-source", Expect::Nowhere, move |m| {
+            let ip = ipv4_udp(Ipv4Addr::UNSPECIFIED, Ipv4Addr::BROADCAST, 68, 67, m);
+            eth(BROADCAST, a.mac, 0x0800, &ip)
         }),
         probe("dhcp-offer-broadcast", Expect::Nowhere, move |m| {
             let ip = ipv4_udp(a.ip, Ipv4Addr::BROADCAST, 67, 68, m);
