@@ -52,11 +52,14 @@ sandbox_network_up() {
     # A fixed MAC (02:00 + the gateway's address, as segments get): else the
     # bridge takes the lowest of its ports' and the gateway's MAC changes
     # whenever a segment starts, leaving segments' ARP caches wrong.
-    local mac
+    # (grep reads a variable, not a pipe: under pipefail, `ip ... | grep -q`
+    # fails now and then, when grep exits before ip has written everything.)
+    local mac addrs
     mac=$(printf '02:00:%02x:%02x:%02x:%02x' ${SANDBOX_GATEWAY//./ })
-    ip -n "$SANDBOX_NS" link show "$SANDBOX_BRIDGE" | grep -q "link/ether $mac " ||
+    addrs=$(ip -n "$SANDBOX_NS" addr show dev "$SANDBOX_BRIDGE")
+    grep -q "link/ether $mac " <<<"$addrs" ||
         ip -n "$SANDBOX_NS" link set "$SANDBOX_BRIDGE" address "$mac"
-    ip -n "$SANDBOX_NS" addr show dev "$SANDBOX_BRIDGE" | grep -q "inet $SANDBOX_GATEWAY/" ||
+    grep -q "inet $SANDBOX_GATEWAY/" <<<"$addrs" ||
         ip -n "$SANDBOX_NS" addr add "$SANDBOX_GATEWAY/24" dev "$SANDBOX_BRIDGE"
     ip -n "$SANDBOX_NS" link set "$SANDBOX_BRIDGE" up
 }

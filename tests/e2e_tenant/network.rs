@@ -232,7 +232,7 @@ fn macvlan_container_is_contained(cli: &DockerCli, v: &Seg, gw: Station) {
     let rest = frames::hex(&[&0x0800u16.to_be_bytes()[..], &udp].concat());
     let script = format!(
         "mac=$(tr -d ':\\n' < /sys/class/net/eth0/address); echo mac=$mac; \
-         ping -c 2 -W 1 203.0.113.1; ping -c 1 -W 1 {v}; /rawsend eth0 1 {gw}$mac{rest}",
+         ping -c 2 -W 1 203.0.113.1; ping -c 1 -W 1 {v}; /rawsend eth0 1 {gw}${{mac}}{rest}",
         v = v.ip(),
         gw = frames::hex(&gw.mac),
     );
