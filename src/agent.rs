@@ -101,7 +101,7 @@ pub fn filtering(config: &Config, filter: &dyn PortFilter) -> Filtering {
         warn!("network.filter = \"off\": segment ports are not filtered");
         return Filtering::Off;
     }
-    match filter.probe().and_then(|_| filter.allow(&[])) {
+    match filter.probe().and_then(|_| filter.install(&[])) {
         Ok(()) => {
             info!("bridge filter in place (nftables table bridge segment_agent)");
             Filtering::Enforced

@@ -39,7 +39,7 @@ async fn a_port_is_allowed_before_its_domain_exists_and_revoked_after_delete() {
     let xml = a.hv.domain_xml("seg-web-1").unwrap();
     assert!(xml.contains(&format!("<target dev=\"{PORT}\"/>")), "{xml}");
     let calls = filter.calls();
-    assert_eq!(&calls[..2], ["probe", "allow "], "table first: {calls:?}");
+    assert_eq!(&calls[..2], ["probe", "install "], "table first: {calls:?}");
     assert!(calls.contains(&format!("allow {PORT}")), "{calls:?}");
 
     a.client
@@ -170,7 +170,7 @@ async fn agent_start_puts_every_port_back_before_starting_anything() {
     assert_eq!(filter.allowed(), ["sg-cb00710a", "sg-cb00710b"]);
     assert_eq!(
         filter.calls(),
-        ["probe", "allow ", "allow sg-cb00710a,sg-cb00710b"]
+        ["probe", "install ", "install sg-cb00710a,sg-cb00710b"]
     );
     let starts = hv.calls().iter().filter(|c| c.starts_with("start")).count();
     assert_eq!(starts, 4, "both created, then both started again");

@@ -111,7 +111,7 @@ impl Lab {
             .iter()
             .map(|(_, s)| SegmentPort::of(s.ip))
             .collect();
-        self.filter(|f| f.allow(&ports)).unwrap();
+        self.filter(|f| f.install(&ports)).unwrap();
     }
 
     /// Sends hex frames from segment `i`'s eth0.
@@ -252,17 +252,20 @@ fn without_the_filter_the_same_attacks_succeed() {
 fn a_port_without_rules_passes_nothing() {
     let lab = Lab::new("closed", &[2, 3], false);
     let ((a_ns, a), (v_ns, v)) = (lab.segment(0), lab.segment(1));
-    lab.filter(|f| f.allow(&[SegmentPort::of(a.ip)])).unwrap();
+    // A port alone needs the table: no rules half in place.
+    let e = lab.filter(|f| f.allow(&SegmentPort::of(a.ip))).unwrap_err();
+    assert!(e.to_string().contains("refused"), "{e}");
+    lab.filter(|f| f.install(&[SegmentPort::of(a.ip)])).unwrap();
     assert!(lab.pings(a_ns, GATEWAY), "A has its rules");
     assert!(!lab.pings(v_ns, GATEWAY), "V's port has none: fail closed");
-    lab.filter(|f| f.allow(&[SegmentPort::of(v.ip)])).unwrap();
+    lab.filter(|f| f.allow(&SegmentPort::of(v.ip))).unwrap();
     assert!(lab.pings(v_ns, GATEWAY) && lab.pings(a_ns, v.ip));
 
     // Revoked: V is cut off, A is not; revoking again is no error, and
     // putting the table back (as every agent does) keeps what is there.
     lab.filter(|f| f.revoke(&SegmentPort::of(v.ip))).unwrap();
     lab.filter(|f| f.revoke(&SegmentPort::of(v.ip))).unwrap();
-    lab.filter(|f| f.allow(&[])).unwrap();
+    lab.filter(|f| f.install(&[])).unwrap();
     assert!(!lab.pings(v_ns, GATEWAY));
     assert!(lab.pings(a_ns, GATEWAY));
     let listed = nsenter_ok(

@@ -45,7 +45,8 @@ impl FakeFilter {
         state.allowed.iter().map(|p| p.name.clone()).collect()
     }
 
-    /// Every call so far: `probe`, `allow sg-..,sg-..`, `revoke sg-..`.
+    /// Every call so far: `probe`, `install sg-..,sg-..`, `allow sg-..`,
+    /// `revoke sg-..`.
     pub fn calls(&self) -> Vec<String> {
         self.state.lock().unwrap().calls.clone()
     }
@@ -65,14 +66,24 @@ impl PortFilter for FakeFilter {
         }
     }
 
-    fn allow(&self, ports: &[SegmentPort]) -> Result<(), FilterError> {
+    fn install(&self, ports: &[SegmentPort]) -> Result<(), FilterError> {
         let mut state = self.state.lock().unwrap();
         let names: Vec<&str> = ports.iter().map(|p| p.name.as_str()).collect();
-        state.calls.push(format!("allow {}", names.join(",")));
+        state.calls.push(format!("install {}", names.join(",")));
+        if state.failing {
+            return Err(Self::refused("install"));
+        }
+        state.allowed.extend(ports.iter().cloned());
+        Ok(())
+    }
+
+    fn allow(&self, port: &SegmentPort) -> Result<(), FilterError> {
+        let mut state = self.state.lock().unwrap();
+        state.calls.push(format!("allow {}", port.name));
         if state.failing {
             return Err(Self::refused("allow"));
         }
-        state.allowed.extend(ports.iter().cloned());
+        state.allowed.insert(port.clone());
         Ok(())
     }
 

@@ -3,7 +3,9 @@
 //! change is one atomic kernel transaction. An operator sees the same rules
 //! with `nft list table bridge segment_agent`.
 
-use super::filter::{FilterError, PortFilter, SegmentPort, allow_script, revoke_script};
+use super::filter::{
+    FilterError, PortFilter, SegmentPort, allow_script, install_script, revoke_script,
+};
 use std::{
     io::Write,
     net::Ipv4Addr,
@@ -111,15 +113,19 @@ impl PortFilter for Nft {
         // The kernel validates the whole transaction, with one element of
         // each set, and commits nothing (`nft --check`).
         let example = SegmentPort::of(Ipv4Addr::new(192, 0, 2, 1));
-        self.run(&["--check"], &allow_script(&[example]))?;
+        self.run(&["--check"], &install_script(&[example]))?;
         Ok(format!(
             "nftables bridge table segment_agent can be installed; {} runs no STP",
             self.bridge
         ))
     }
 
-    fn allow(&self, ports: &[SegmentPort]) -> Result<(), FilterError> {
-        self.run(&[], &allow_script(ports))
+    fn install(&self, ports: &[SegmentPort]) -> Result<(), FilterError> {
+        self.run(&[], &install_script(ports))
+    }
+
+    fn allow(&self, port: &SegmentPort) -> Result<(), FilterError> {
+        self.run(&[], &allow_script(port))
     }
 
     fn revoke(&self, port: &SegmentPort) -> Result<(), FilterError> {
@@ -142,7 +148,7 @@ mod tests {
     #[test]
     fn a_missing_program_is_a_clear_error() {
         let nft = Nft::with_programs("/nonexistent/nft", "/nonexistent/ip", "segbr0");
-        let e = nft.allow(&[]).unwrap_err();
+        let e = nft.install(&[]).unwrap_err();
         assert!(
             matches!(&e, FilterError::Spawn(p, _) if p == "/nonexistent/nft"),
             "{e:?}"
@@ -155,7 +161,7 @@ mod tests {
     fn refusals_carry_bounded_stderr() {
         // `false` ignores its input and fails: a refusal without output.
         let nft = Nft::with_programs("false", "ip", "segbr0");
-        let e = nft.allow(&[]).unwrap_err();
+        let e = nft.install(&[]).unwrap_err();
         assert!(matches!(e, FilterError::Refused { .. }), "{e:?}");
         let long = "x".repeat(5000);
         assert_eq!(bounded(&long).len(), STDERR_LIMIT + 3);

@@ -22,7 +22,9 @@ impl SegmentManager {
             return Ok(());
         };
         let name = port.name.clone();
-        self.filter_blocking(move |f| f.allow(&[port]))
+        // The table is installed at agent start; if it was flushed since,
+        // this puts it back rather than fail the segment.
+        self.filter_blocking(move |f| f.allow(&port).or_else(|_| f.install(&[port])))
             .await
             .map_err(|e| {
                 Error::FailedPrecondition(format!(
@@ -60,7 +62,7 @@ impl SegmentManager {
             .iter()
             .map(|e| SegmentPort::of(e.record.address))
             .collect();
-        self.filter_blocking(move |f| f.allow(&ports)).await
+        self.filter_blocking(move |f| f.install(&ports)).await
     }
 
     async fn filter_blocking(
