@@ -53,6 +53,18 @@ async fn a_port_is_allowed_before_its_domain_exists_and_revoked_after_delete() {
 }
 
 #[tokio::test]
+async fn a_port_allowed_while_the_table_is_gone_puts_it_back() {
+    let filter = FakeFilter::new();
+    let mut a = agent_with(filter.clone(), "").await;
+    filter.lose_table();
+    a.create("web-1", "c1").await;
+    assert_eq!(filter.allowed(), vec![PORT.to_owned()]);
+    let calls = filter.calls();
+    let tail = &calls[calls.len() - 2..];
+    assert_eq!(tail, [format!("allow {PORT}"), format!("install {PORT}")]);
+}
+
+#[tokio::test]
 async fn a_port_the_filter_refuses_never_starts() {
     let filter = FakeFilter::new();
     let mut a = agent_with(filter.clone(), "").await;

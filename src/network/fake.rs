@@ -13,6 +13,7 @@ struct State {
     calls: Vec<String>,
     unavailable: Option<String>,
     failing: bool,
+    table_missing: bool,
 }
 
 /// An in-memory filter.
@@ -37,6 +38,13 @@ impl FakeFilter {
     /// Makes every later allow and revoke fail (true) or work again (false).
     pub fn set_failing(&self, failing: bool) {
         self.state.lock().unwrap().failing = failing;
+    }
+
+    /// Drops the table (a flushed ruleset): allow fails until an install.
+    pub fn lose_table(&self) {
+        let mut state = self.state.lock().unwrap();
+        state.table_missing = true;
+        state.allowed.clear();
     }
 
     /// The names of the ports allowed now.
@@ -73,6 +81,7 @@ impl PortFilter for FakeFilter {
         if state.failing {
             return Err(Self::refused("install"));
         }
+        state.table_missing = false;
         state.allowed.extend(ports.iter().cloned());
         Ok(())
     }
@@ -82,6 +91,9 @@ impl PortFilter for FakeFilter {
         state.calls.push(format!("allow {}", port.name));
         if state.failing {
             return Err(Self::refused("allow"));
+        }
+        if state.table_missing {
+            return Err(FilterError::Bridge("fake filter: no table".into()));
         }
         state.allowed.insert(port.clone());
         Ok(())
