@@ -60,7 +60,7 @@ impl FakeFilter {
     }
 
     fn refused(what: &str) -> FilterError {
-        FilterError::Bridge(format!("fake filter: {what} fails on request"))
+        FilterError::Other(format!("fake filter: {what} fails on request"))
     }
 }
 
@@ -93,7 +93,7 @@ impl PortFilter for FakeFilter {
             return Err(Self::refused("allow"));
         }
         if state.table_missing {
-            return Err(FilterError::Bridge("fake filter: no table".into()));
+            return Err(FilterError::Other("fake filter: no table".into()));
         }
         state.allowed.insert(port.clone());
         Ok(())

@@ -90,6 +90,9 @@ pub enum FilterError {
     /// The host's bridge defeats the filter.
     #[error("{0}")]
     Bridge(String),
+    /// Anything else (a failed task, a fake's injected failure).
+    #[error("{0}")]
+    Other(String),
 }
 
 /// Applies the bridge filter of segment ports. Every call blocks.
@@ -175,15 +178,6 @@ impl Filtering {
                  started unfiltered unless the agent is configured with network.filter = \"off\""
             )),
             _ => Ok(()),
-        }
-    }
-
-    /// One line for reports.
-    pub fn describe(&self) -> String {
-        match self {
-            Filtering::Enforced => "enforce (nftables bridge table segment_agent)".into(),
-            Filtering::Off => "off".into(),
-            Filtering::Unavailable(reason) => format!("unavailable: {reason}"),
         }
     }
 }

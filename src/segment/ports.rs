@@ -72,6 +72,6 @@ impl SegmentManager {
         let filter = self.filter.clone();
         tokio::task::spawn_blocking(move || f(filter.as_ref()))
             .await
-            .map_err(|e| FilterError::Bridge(format!("filter task: {e}")))?
+            .map_err(|e| FilterError::Other(format!("filter task: {e}")))?
     }
 }
