@@ -182,7 +182,14 @@ async fn agent_start_puts_every_port_back_before_starting_anything() {
     assert_eq!(filter.allowed(), ["sg-cb00710a", "sg-cb00710b"]);
     assert_eq!(
         filter.calls(),
-        ["probe", "install ", "install sg-cb00710a,sg-cb00710b"]
+        [
+            "probe",
+            "install ",
+            "install sg-cb00710a,sg-cb00710b",
+            "allow sg-cb00710a",
+            "allow sg-cb00710b"
+        ],
+        "the table with every port, then each port as it starts"
     );
     let starts = hv.calls().iter().filter(|c| c.starts_with("start")).count();
     assert_eq!(starts, 4, "both created, then both started again");
