@@ -18,9 +18,12 @@ in_sandbox() { nsenter --net="/run/netns/$SANDBOX_NS" "$@"; }
 
 # Debian packages the agent, its tests and its images need.
 install_packages() {
+    # nftables: the agent's bridge filter; tcpdump, gcc, libc6-dev: the
+    # tests' packet captures and static test programs.
     local pkgs=(libvirt-daemon-driver-lxc libvirt-daemon libvirt-clients libvirt-dev
         docker.io apparmor protobuf-compiler libprotobuf-dev iproute2 busybox-static
-        iputils-ping openssl pkg-config curl python3-pip systemd)
+        iputils-ping openssl pkg-config curl python3-pip systemd nftables tcpdump
+        gcc libc6-dev)
     local missing=()
     for p in "${pkgs[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -46,7 +49,17 @@ sandbox_network_up() {
     ip -n "$SANDBOX_NS" link set lo up
     ip -n "$SANDBOX_NS" link show "$SANDBOX_BRIDGE" >/dev/null 2>&1 ||
         ip -n "$SANDBOX_NS" link add "$SANDBOX_BRIDGE" type bridge
-    ip -n "$SANDBOX_NS" addr show dev "$SANDBOX_BRIDGE" | grep -q "inet $SANDBOX_GATEWAY/" ||
+    # A fixed MAC (02:00 + the gateway's address, as segments get): else the
+    # bridge takes the lowest of its ports' and the gateway's MAC changes
+    # whenever a segment starts, leaving segments' ARP caches wrong.
+    # (grep reads a variable, not a pipe: under pipefail, `ip ... | grep -q`
+    # fails now and then, when grep exits before ip has written everything.)
+    local mac addrs
+    mac=$(printf '02:00:%02x:%02x:%02x:%02x' ${SANDBOX_GATEWAY//./ })
+    addrs=$(ip -n "$SANDBOX_NS" addr show dev "$SANDBOX_BRIDGE")
+    grep -q "link/ether $mac " <<<"$addrs" ||
+        ip -n "$SANDBOX_NS" link set "$SANDBOX_BRIDGE" address "$mac"
+    grep -q "inet $SANDBOX_GATEWAY/" <<<"$addrs" ||
         ip -n "$SANDBOX_NS" addr add "$SANDBOX_GATEWAY/24" dev "$SANDBOX_BRIDGE"
     ip -n "$SANDBOX_NS" link set "$SANDBOX_BRIDGE" up
 }

@@ -19,7 +19,11 @@ use crate::{
         http::{self, MetricsListener},
         rpc::RpcMetricsLayer,
     },
-    network::SegmentNetwork,
+    network::{
+        SegmentNetwork,
+        filter::{FilterMode, Filtering, PortFilter},
+        nft::Nft,
+    },
     pool::AddressPool,
     report::{
         Collector,
@@ -60,6 +64,7 @@ pub fn settings(config: &Config) -> Result<Settings, ConfigError> {
         cpu_period_us: config.lifecycle.cpu_period_us,
         stop_timeout: config.lifecycle.stop_timeout(),
         confinement: Confinement::Off,
+        filtering: Filtering::Off,
         docker: DockerSettings {
             tools_dir: config.docker.tools_dir.clone(),
             ready_timeout: Duration::from_secs(config.docker.ready_timeout_seconds.into()),
@@ -102,6 +107,27 @@ pub fn confinement(config: &Config, loader: impl ProfileLoader) -> Confinement {
     }
 }
 
+/// Checks that the host can enforce the bridge filter and puts its table
+/// in place when the configuration enforces it; the outcome decides
+/// whether segments may start. Blocks.
+pub fn filtering(config: &Config, filter: &dyn PortFilter) -> Filtering {
+    if config.network.filter == FilterMode::Off {
+        warn!("network.filter = \"off\": segment ports are not filtered");
+        return Filtering::Off;
+    }
+    match filter.probe().and_then(|_| filter.install(&[])) {
+        Ok(()) => {
+            info!("bridge filter in place (nftables table bridge segment_agent)");
+            Filtering::Enforced
+        }
+        Err(e) => {
+            let reason = error_chain(&e);
+            warn!(%reason, "bridge filter configured but unavailable; no segment will be created or started");
+            Filtering::Unavailable(reason)
+        }
+    }
+}
+
 /// An error and its sources on one line.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
@@ -139,6 +165,7 @@ pub fn real_backends(config: &Config) -> Backends {
         images: ImageStore::new(config.state_dir.join("images")),
         probe: Arc::new(TlsPing),
         cgroups: Arc::new(HostCgroups::default()),
+        filter: Arc::new(Nft::new(&config.network.bridge)) as Arc<dyn PortFilter>,
     }
 }
 
@@ -199,6 +226,28 @@ pub async fn observe_segments(manager: Arc<SegmentManager>, every: Duration) {
         tokio::time::sleep(every).await;
         if let Err(e) = manager.observe_all().await {
             tracing::debug!(error = %e, "observing segments");
+        }
+    }
+}
+
+/// Puts the bridge filter's table back every `every` (a ruleset flushed
+/// behind the agent's back leaves segment ports unfiltered until then).
+pub async fn refresh_filter(manager: Arc<SegmentManager>, every: Duration) {
+    let mut failing = false;
+    loop {
+        tokio::time::sleep(every).await;
+        match manager.refresh_filter().await {
+            Ok(()) if failing => {
+                info!("bridge filter in place again");
+                failing = false;
+            }
+            Ok(()) => {}
+            Err(e) if !failing => {
+                let error = error_chain(&e);
+                warn!(%error, "cannot put the bridge filter back; retrying");
+                failing = true;
+            }
+            Err(_) => {}
         }
     }
 }
@@ -300,11 +349,13 @@ pub async fn serve(
         Duration::from_secs(5),
     ));
     let observer = tokio::spawn(observe_segments(manager.clone(), Duration::from_secs(2)));
+    let refresher = tokio::spawn(refresh_filter(manager.clone(), Duration::from_secs(10)));
     let service = SegmentAgentService::new(manager, host);
     let layer = RpcMetricsLayer::new(metrics);
     let result = api::serve(listeners, service, health_service, layer, shutdown).await;
     follower.abort();
     observer.abort();
+    refresher.abort();
     result
 }
 

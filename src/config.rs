@@ -3,6 +3,7 @@
 
 use crate::{
     apparmor::ApparmorMode,
+    network::filter::FilterMode,
     segment::spec::{FlavorLimits, ImageName},
 };
 use serde::Deserialize;
@@ -298,6 +299,10 @@ pub struct NetworkConfig {
     pub gateway: Ipv4Addr,
     /// Address ranges, `"FIRST-LAST"` or a single address.
     pub ranges: Vec<String>,
+    /// `enforce`: every segment's bridge port carries only its own MAC and
+    /// address (nftables bridge rules), and no segment starts on a host
+    /// that cannot enforce that. `off`: unfiltered (hosts without nftables).
+    pub filter: FilterMode,
 }
 
 impl Default for NetworkConfig {
@@ -307,6 +312,7 @@ impl Default for NetworkConfig {
             prefix: 24,
             gateway: Ipv4Addr::new(203, 0, 113, 1),
             ranges: vec!["203.0.113.10-203.0.113.200".into()],
+            filter: FilterMode::Enforce,
         }
     }
 }

@@ -99,6 +99,7 @@ fn check(path: &Path) -> anyhow::Result<ExitCode> {
         &config,
         backends.hypervisor.as_ref(),
         &ApparmorParser::default(),
+        backends.filter.as_ref(),
     );
     let mut failed = 0;
     for c in &checks {
@@ -126,12 +127,14 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     settings.confinement =
         tokio::task::spawn_blocking(move || agent::confinement(&c, ApparmorParser::default()))
             .await?;
+    let backends = agent::real_backends(&config);
+    let (c, filter) = (config.clone(), backends.filter.clone());
+    settings.filtering =
+        tokio::task::spawn_blocking(move || agent::filtering(&c, filter.as_ref())).await?;
     let registry = agent::registry(&config, &host)?;
     let metrics = Arc::new(AgentMetrics::new());
-    let manager = Arc::new(
-        SegmentManager::new(agent::real_backends(&config), registry, settings)
-            .with_observer(metrics.clone()),
-    );
+    let manager =
+        Arc::new(SegmentManager::new(backends, registry, settings).with_observer(metrics.clone()));
     let watchdog = agent::watchdog_period().map(|every| tokio::spawn(agent::watchdog(every)));
     let _ = sd_notify::notify(
         false,

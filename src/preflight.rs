@@ -6,7 +6,10 @@ use crate::{
     config::Config,
     hypervisor::Hypervisor,
     images::ImageStore,
-    network::SegmentNetwork,
+    network::{
+        SegmentNetwork,
+        filter::{FilterMode, PortFilter},
+    },
     segment::spec::ImageName,
 };
 use std::path::Path;
@@ -21,7 +24,12 @@ pub struct Check {
 }
 
 /// Runs every check; the configuration has already been validated.
-pub fn run(config: &Config, hv: &dyn Hypervisor, apparmor: &dyn ProfileLoader) -> Vec<Check> {
+pub fn run(
+    config: &Config,
+    hv: &dyn Hypervisor,
+    apparmor: &dyn ProfileLoader,
+    filter: &dyn PortFilter,
+) -> Vec<Check> {
     let mut checks = vec![Check {
         name: "config",
         result: Ok(format!("valid; address pool {:?}", config.network.ranges)),
@@ -81,6 +89,24 @@ pub fn run(config: &Config, hv: &dyn Hypervisor, apparmor: &dyn ProfileLoader) -
                 .available()
                 .map(|()| "enforce: kernel AppArmor available".into())
                 .map_err(|e| crate::agent::error_chain(&e)),
+        },
+    });
+    checks.push(Check {
+        name: "bridge filter",
+        result: match config.network.filter {
+            FilterMode::Off => {
+                Ok("off: segment ports are unfiltered (hosts without nftables only)".into())
+            }
+            FilterMode::Enforce => filter
+                .probe()
+                .map(|detail| format!("enforce: {detail}"))
+                .map_err(|e| {
+                    format!(
+                        "{}; segments would be refused (network.filter = \"off\" runs them \
+                         unfiltered)",
+                        crate::agent::error_chain(&e)
+                    )
+                }),
         },
     });
     checks

@@ -26,6 +26,7 @@ fn rejects_bad_values() {
         ("colour = 1", "unknown"),
         ("apparmor = \"complain\"", "apparmor"),
         ("[network]\nbridj = \"x\"", "unknown"),
+        ("[network]\nfilter = \"ebtables\"", "filter"),
         ("default_image = \"../x\"", "default_image"),
         ("state_dir = \"relative\"", "state_dir"),
         ("[listen]\ntcp = \"0.0.0.0:7443\"", "listen.tcp"),

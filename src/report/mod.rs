@@ -11,6 +11,7 @@ use crate::{
     api::convert::timestamp,
     cgroups::usage::{CgroupFs, CgroupReader},
     host::HostFacts,
+    network::filter::Filtering,
     proto::{agent as apb, controlplane as pb},
     segment::{Confinement, SegmentManager},
 };
@@ -87,6 +88,7 @@ impl Collector {
                 reason: sample.libvirt.as_ref().err().cloned().unwrap_or_default(),
             },
             apparmor_condition(&sample.confinement),
+            filter_condition(&self.manager.settings().filtering),
             disk,
         ];
         Ok(pb::HealthReport {
@@ -173,6 +175,19 @@ fn apparmor_condition(c: &Confinement) -> pb::Condition {
     };
     pb::Condition {
         r#type: "AppArmorEnforced".into(),
+        status,
+        reason,
+    }
+}
+
+fn filter_condition(f: &Filtering) -> pb::Condition {
+    let (status, reason) = match f {
+        Filtering::Enforced => (true, String::new()),
+        Filtering::Off => (false, "configured off: segment ports are unfiltered".into()),
+        Filtering::Unavailable(r) => (false, r.clone()),
+    };
+    pb::Condition {
+        r#type: "BridgeFilterEnforced".into(),
         status,
         reason,
     }

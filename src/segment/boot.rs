@@ -1,4 +1,6 @@
-//! Starting a segment's domain: libvirt starts it, then the agent takes the
+//! Starting a segment's domain: the bridge filter allows its port first
+//! ([`super::ports`]: no frame of it passes unfiltered), libvirt starts it,
+//! then the agent takes the
 //! segment's cgroups in hand ([`crate::cgroups`]: every process placed,
 //! `pids.max`, the containers' capped cgroup, delegation) before anything
 //! of the customer can run: a Docker segment's supervisor starts no daemon
@@ -10,9 +12,11 @@ use crate::cgroups::SegmentLimits;
 use tracing::warn;
 
 impl SegmentManager {
-    /// Starts the domain of `record` and applies its cgroup limits; on a
-    /// failure of the latter the domain is stopped again.
+    /// Allows the segment's port, starts the domain of `record` and applies
+    /// its cgroup limits; on a failure of the latter the domain is stopped
+    /// again.
     pub(crate) async fn boot(&self, record: &SegmentRecord, docker: bool) -> Result<(), Error> {
+        self.allow_port(record.address).await?;
         let name = record.request.id.domain_name();
         let n = name.clone();
         self.blocking(move |hv| hv.start(&n)).await?;

@@ -35,6 +35,10 @@ impl SegmentManager {
             return self.existing(existing.record, &request).await;
         }
         self.settings.confinement.require()?;
+        self.settings
+            .filtering
+            .require()
+            .map_err(Error::FailedPrecondition)?;
         self.refuse_foreign_domain(&request.id).await?;
         let image = self.resolve_image(&request.image).await?;
         let ca = self.docker_precondition(&image, ca).await?;
@@ -231,6 +235,7 @@ impl SegmentManager {
                 address: record.address,
                 prefix: s.network.prefix,
                 gateway: s.network.gateway,
+                port: s.filtering.port(record.address).map(|p| p.name),
             },
             char_devices,
             apparmor_profile: s.confinement.profile(),
@@ -304,6 +309,7 @@ impl SegmentManager {
             .await;
         let removed = match &undone {
             Ok(()) => {
+                self.revoke_port(record.address).await;
                 let id = id.clone();
                 self.storage_blocking(move |s| s.remove(&id)).await
             }

@@ -60,6 +60,7 @@ impl SegmentManager {
         })
         .await?;
         self.sweep_cgroups().await;
+        self.revoke_port(record.address).await;
         let id = record.request.id.clone();
         self.storage_blocking(move |s| s.remove(&id)).await
     }

@@ -3,7 +3,7 @@
 //! [`Hypervisor`] and [`SegmentStorage`] traits.
 //!
 //! One file per operation: [`create`], [`delete`], [`power`] (start, stop) and
-//! [`recover`] (agent start). Operations on one segment are serialised by
+//! [`recover`] (agent start); [`ports`] keeps the bridge filter in step. Operations on one segment are serialised by
 //! [`locks::SegmentLocks`]; admission is atomic in [`registry::Registry`].
 
 pub mod boot;
@@ -11,6 +11,7 @@ pub mod create;
 pub mod delete;
 pub mod error;
 pub mod locks;
+pub mod ports;
 pub mod power;
 pub mod rebuild;
 pub mod recover;
@@ -28,7 +29,10 @@ use crate::{
     events::EventHub,
     hypervisor::Hypervisor,
     images::ImageStore,
-    network::SegmentNetwork,
+    network::{
+        SegmentNetwork,
+        filter::{Filtering, PortFilter},
+    },
     segment::{
         locks::SegmentLocks,
         registry::{Registry, Usage},
@@ -54,6 +58,8 @@ pub struct Settings {
     pub stop_timeout: Duration,
     /// How segments are confined.
     pub confinement: Confinement,
+    /// Whether segment ports are filtered on the bridge.
+    pub filtering: Filtering,
     /// Docker inside segments.
     pub docker: DockerSettings,
     /// User-namespace ranges, `pids.max`, the management reserve.
@@ -172,6 +178,8 @@ pub struct Backends {
     pub probe: Arc<dyn DockerProbe>,
     /// Segments' cgroups once started.
     pub cgroups: Arc<dyn SegmentCgroups>,
+    /// The bridge filter of segment ports.
+    pub filter: Arc<dyn PortFilter>,
 }
 
 /// Creates, starts, stops, deletes and lists the host's segments.
@@ -181,6 +189,7 @@ pub struct SegmentManager {
     images: ImageStore,
     probe: Arc<dyn DockerProbe>,
     cgroups: Arc<dyn SegmentCgroups>,
+    filter: Arc<dyn PortFilter>,
     registry: Registry,
     locks: SegmentLocks,
     settings: Settings,
@@ -198,6 +207,7 @@ impl SegmentManager {
             images: backends.images,
             probe: backends.probe,
             cgroups: backends.cgroups,
+            filter: backends.filter,
             registry,
             locks: SegmentLocks::default(),
             settings,
@@ -366,6 +376,7 @@ impl SegmentManager {
             address: record.address,
             prefix: n.prefix,
             gateway: n.gateway,
+            port: None,
         }
         .mac();
         self.blocking(move |hv| hv.usage(&name, &mac)).await

@@ -26,6 +26,10 @@ impl SegmentManager {
             )));
         }
         self.settings.confinement.require()?;
+        self.settings
+            .filtering
+            .require()
+            .map_err(Error::FailedPrecondition)?;
         let image = self.resolve_image(&current.record.request.image).await?;
         let (sid, ids, docker) = (id.clone(), current.record.ids, image.docker);
         self.storage_blocking(move |s| s.prepare(&sid, &image, ids))

@@ -4,7 +4,9 @@
 //! - a `seg-` domain without the agent's record is not ours: left alone;
 //! - a record marked `deleted`: the delete is finished;
 //! - a record that should run but does not (cut-off create, host reboot):
-//!   its filesystem is mounted again and it is started;
+//!   its filesystem is mounted again and it is started, once the bridge
+//!   filter allows every registered segment's port (after a host reboot the
+//!   kernel has no rules left);
 //! - a segment directory without a domain (create cut off before define,
 //!   delete cut off after undefine): removed.
 
@@ -51,8 +53,10 @@ impl SegmentManager {
                 pending.push((id, running));
             }
         }
+        let filtered = self.filter_recovered().await;
         for (id, running) in pending {
-            self.settle(&id, running, &mut report).await;
+            self.settle(&id, running, filtered.as_ref().err(), &mut report)
+                .await;
         }
         let dirs = self.storage_blocking(|s| s.list()).await?;
         for id in dirs.into_iter().filter(|id| !known.contains(id)) {
@@ -93,12 +97,21 @@ impl SegmentManager {
         Some((id, entry.running))
     }
 
+    /// The rules of every adopted segment's port, before any of them starts.
+    async fn filter_recovered(&self) -> Result<(), String> {
+        self.settings.filtering.require()?;
+        self.refresh_filter()
+            .await
+            .map_err(|e| crate::agent::error_chain(&e))
+    }
+
     /// Finishes a pending delete, or remounts and restarts a segment that
-    /// should run.
+    /// should run (not without the bridge filter: `unfiltered` says why).
     async fn settle(
         &self,
         id: &super::spec::SegmentId,
         running: bool,
+        unfiltered: Option<&String>,
         report: &mut RecoveryReport,
     ) {
         let Some(entry) = self.registry.get(id) else {
@@ -125,7 +138,16 @@ impl SegmentManager {
         {
             return self.fail(id, format!("mounting root filesystem: {e}"));
         }
-        if entry.record.desired == Desired::Running && !running {
+        let wants_start = entry.record.desired == Desired::Running && !running;
+        if let Some(reason) = unfiltered.filter(|_| running || wants_start) {
+            let state = if running {
+                "runs unfiltered"
+            } else {
+                "is not started"
+            };
+            return self.fail(id, format!("the segment {state}: {reason}"));
+        }
+        if wants_start {
             match self.boot(&entry.record, docker).await {
                 Ok(()) => {
                     info!(segment_id = %id, "started segment that should run");

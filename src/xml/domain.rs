@@ -27,6 +27,9 @@ pub struct NetworkInterface {
     pub prefix: u8,
     /// Default gateway.
     pub gateway: Ipv4Addr,
+    /// Name of the host-side veth (`<target dev>`), the one the bridge
+    /// filter's rules name; `None` lets libvirt pick one (unfiltered).
+    pub port: Option<String>,
 }
 
 impl NetworkInterface {
@@ -34,8 +37,7 @@ impl NetworkInterface {
     /// segment on a reused address keeps the old MAC, so neighbours' ARP
     /// caches stay right and it is reachable at once.
     pub fn mac(&self) -> String {
-        let [a, b, c, d] = self.address.octets();
-        format!("02:00:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
+        crate::network::filter::mac_text(crate::network::filter::mac_of(self.address))
     }
 }
 
@@ -183,6 +185,11 @@ impl DomainSpec {
                     .with_attribute(("prefix", "0"))
                     .with_attribute(("gateway", nic.gateway.to_string().as_str()))
                     .write_empty()?;
+                if let Some(port) = &nic.port {
+                    w.create_element("target")
+                        .with_attribute(("dev", port.as_str()))
+                        .write_empty()?;
+                }
                 Ok(())
             })?;
         for dev in &self.char_devices {
@@ -252,6 +259,7 @@ mod tests {
                 address: "203.0.113.10".parse().unwrap(),
                 prefix: 24,
                 gateway: "203.0.113.1".parse().unwrap(),
+                port: None,
             },
             char_devices: Vec::new(),
             apparmor_profile: apparmor.map(str::to_owned),
@@ -312,6 +320,14 @@ mod tests {
         });
         s.char_devices = vec!["/dev/net/tun".into(), "/dev/console".into()];
         golden("segment-domain-docker.xml", &s.to_xml());
+    }
+
+    #[test]
+    fn a_filtered_interface_names_its_port() {
+        let mut s = spec(Some("segment-agent-segment"));
+        let port = crate::network::filter::SegmentPort::of(s.interface.address);
+        s.interface.port = Some(port.name);
+        golden("segment-domain-filtered.xml", &s.to_xml());
     }
 
     #[test]

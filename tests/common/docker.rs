@@ -204,7 +204,7 @@ impl DockerCli {
     }
 
     /// Imports the test image as `busybox:latest` (busybox applets at /bin,
-    /// the memory hog at /hog).
+    /// the memory hog at /hog, the raw frame sender at /rawsend).
     pub fn import_busybox(&self) {
         let tar = self.dir.path().join("busybox.tar");
         std::fs::write(&tar, busybox_tarball()).unwrap();
@@ -214,9 +214,10 @@ impl DockerCli {
 }
 
 /// busybox applets linked in the test image.
-const APPLETS: [&str; 22] = [
+const APPLETS: [&str; 27] = [
     "sh", "sleep", "true", "false", "echo", "cat", "head", "tail", "dd", "ls", "mkdir", "rm", "id",
-    "ip", "hostname", "grep", "wc", "env", "ps", "touch", "test", "stat",
+    "ip", "hostname", "grep", "wc", "env", "ps", "touch", "test", "stat", "ping", "arping", "nc",
+    "httpd", "wget",
 ];
 
 /// A static C program that mallocs and touches `argv[1]` MiB (default 512)
@@ -257,19 +258,8 @@ pub fn busybox_tarball() -> &'static [u8] {
         for applet in APPLETS {
             std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
         }
-        let src = work.path().join("hog.c");
-        std::fs::write(&src, HOG_C).unwrap();
-        let out = Command::new("gcc")
-            .args(["-static", "-O0", "-o"])
-            .arg(root.join("hog"))
-            .arg(&src)
-            .output()
-            .expect("gcc is installed");
-        assert!(
-            out.status.success(),
-            "gcc -static hog.c: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        static_c(work.path(), &root.join("hog"), HOG_C);
+        static_c(work.path(), &root.join("rawsend"), super::net::RAWSEND_C);
         let tar = work.path().join("image.tar");
         let out = Command::new("tar")
             .arg("-C")
@@ -282,6 +272,24 @@ pub fn busybox_tarball() -> &'static [u8] {
         assert!(out.status.success(), "{out:?}");
         std::fs::read(&tar).unwrap()
     })
+}
+
+/// Compiles the C program `source` into the static binary `out`.
+pub fn static_c(work: &Path, out: &Path, source: &str) {
+    let name = out.file_name().unwrap().to_string_lossy().into_owned();
+    let src = work.join(format!("{name}.c"));
+    std::fs::write(&src, source).unwrap();
+    let done = Command::new("gcc")
+        .args(["-static", "-O0", "-o"])
+        .arg(out)
+        .arg(&src)
+        .output()
+        .expect("gcc is installed");
+    assert!(
+        done.status.success(),
+        "gcc -static {name}.c: {}",
+        String::from_utf8_lossy(&done.stderr)
+    );
 }
 
 /// Asserts that `stderr` carries a refusal with `code` (`SEGMENT-10NN:`) from

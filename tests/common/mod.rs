@@ -6,6 +6,8 @@
 
 pub mod control_plane;
 pub mod docker;
+pub mod frames;
+pub mod net;
 pub mod real;
 
 use hyper_util::rt::TokioIo;
@@ -20,6 +22,7 @@ use segment_agent::{
     hypervisor::{Hypervisor, fake::FakeHypervisor},
     images::ImageStore,
     metrics::AgentMetrics,
+    network::fake::FakeFilter,
     proto::agent::{CreateSegmentRequest, Flavor, segment_agent_client::SegmentAgentClient},
     segment::{Backends, SegmentManager},
     storage::{PlainDirStorage, SegmentStorage},
@@ -115,6 +118,8 @@ pub struct FakeAgent {
     pub metrics: Arc<AgentMetrics>,
     /// Where `/metrics` is served, when `[metrics] listen` is configured.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// The bridge filter it applies (shared with the agent).
+    pub filter: FakeFilter,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -160,12 +165,32 @@ impl FakeAgent {
         .await
     }
 
+    /// Like [`FakeAgent::start_with`], with the given bridge filter.
+    pub async fn start_with_filter(
+        hv: Arc<FakeHypervisor>,
+        dir: tempfile::TempDir,
+        extra: &str,
+        filter: FakeFilter,
+    ) -> Self {
+        Self::start_over(hv, dir, extra, FakeProbe { ready: true }, filter).await
+    }
+
     /// Like [`FakeAgent::start_with`], with the given Docker probe.
     pub async fn start_with_probe_over(
         hv: Arc<FakeHypervisor>,
         dir: tempfile::TempDir,
         extra: &str,
         probe: FakeProbe,
+    ) -> Self {
+        Self::start_over(hv, dir, extra, probe, FakeFilter::new()).await
+    }
+
+    async fn start_over(
+        hv: Arc<FakeHypervisor>,
+        dir: tempfile::TempDir,
+        extra: &str,
+        probe: FakeProbe,
+        filter: FakeFilter,
     ) -> Self {
         let socket = dir.path().join("agent.sock");
         let cgroups = Arc::new(RecordingCgroups::default());
@@ -196,10 +221,12 @@ impl FakeAgent {
             images: ImageStore::new(dir.path().join("images")),
             probe: Arc::new(probe),
             cgroups: cgroups.clone() as Arc<dyn SegmentCgroups>,
+            filter: Arc::new(filter.clone()),
         };
         let mut settings = agent::settings(&config).unwrap();
         let loader = NoApparmor(dir.path().join("no-apparmor"));
         settings.confinement = agent::confinement(&config, loader);
+        settings.filtering = agent::filtering(&config, &filter);
         let metrics = Arc::new(AgentMetrics::new());
         let manager = Arc::new(
             SegmentManager::new(backends, agent::registry(&config, &host).unwrap(), settings)
@@ -244,6 +271,7 @@ impl FakeAgent {
             manager,
             metrics,
             metrics_addr,
+            filter,
             stop: Some(stop),
             task: Some(task),
         }

@@ -118,6 +118,18 @@ impl RealAgent {
 
     /// Like [`RealAgent::start`], with `top` holding top-level keys.
     pub async fn start_with(prefix: &str, range: &str, top: &str, extra: &str) -> Self {
+        Self::start_full(prefix, range, top, "", extra).await
+    }
+
+    /// Like [`RealAgent::start_with`], with `network` holding more keys of
+    /// the `[network]` table.
+    pub async fn start_full(
+        prefix: &str,
+        range: &str,
+        top: &str,
+        network: &str,
+        extra: &str,
+    ) -> Self {
         require_environment();
         let state_dir = Path::new(STATE_ROOT).join(format!("test-{prefix}"));
         cleanup(prefix, &state_dir);
@@ -134,7 +146,7 @@ impl RealAgent {
             format!(
                 "state_dir = {sd:?}\ndefault_image = \"dev\"\n{top}\n\
                  [listen]\nsocket = {sock:?}\n\
-                 [network]\nranges = [{range:?}]\n\
+                 [network]\nranges = [{range:?}]\n{network}\n\
                  [capacity]\nmemory_overcommit_ratio = 10.0\n{extra}\n",
                 sd = state_dir.display().to_string(),
                 sock = socket.display().to_string(),

@@ -12,4 +12,5 @@
 mod common;
 
 mod boundary;
+mod network;
 mod policy;

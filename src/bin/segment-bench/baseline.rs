@@ -171,6 +171,7 @@ impl Baseline {
                 address,
                 prefix: PREFIX,
                 gateway: GATEWAY,
+                port: None,
             },
             char_devices,
             apparmor_profile: None,

@@ -1,5 +1,11 @@
 //! How segments attach to the host network: the bridge, prefix and gateway
-//! every segment's interface gets. Addresses come from [`crate::pool`].
+//! every segment's interface gets, and the bridge filter that keeps each
+//! segment to its own address and MAC ([`filter`], applied by [`nft`]).
+//! Addresses come from [`crate::pool`].
+
+pub mod fake;
+pub mod filter;
+pub mod nft;
 
 use std::net::Ipv4Addr;
 

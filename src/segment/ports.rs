@@ -1,0 +1,77 @@
+//! The bridge filter's part of the lifecycle. A segment's port is allowed
+//! before libvirt creates it (create, start, agent start), so no frame of
+//! it ever passes unfiltered, and revoked once its domain is gone (delete,
+//! an undone create). The whole table is put back every few seconds, which
+//! repairs a ruleset flushed behind the agent's back. With
+//! `network.filter = "off"` none of this runs.
+
+use super::{Error, SegmentManager};
+use crate::network::filter::{FilterError, Filtering, PortFilter, SegmentPort};
+use std::net::Ipv4Addr;
+use tracing::warn;
+
+impl SegmentManager {
+    /// Allows the port of the segment at `address`; the segment must not
+    /// start when this fails.
+    pub(crate) async fn allow_port(&self, address: Ipv4Addr) -> Result<(), Error> {
+        self.settings
+            .filtering
+            .require()
+            .map_err(Error::FailedPrecondition)?;
+        let Some(port) = self.settings.filtering.port(address) else {
+            return Ok(());
+        };
+        let name = port.name.clone();
+        // The table is installed at agent start; if it was flushed since,
+        // this puts it back rather than fail the segment.
+        self.filter_blocking(move |f| f.allow(&port).or_else(|_| f.install(&[port])))
+            .await
+            .map_err(|e| {
+                Error::FailedPrecondition(format!(
+                    "the bridge filter could not allow port {name}, so the segment is not \
+                     started: {}",
+                    crate::agent::error_chain(&e)
+                ))
+            })
+    }
+
+    /// Revokes the port of a segment whose domain is gone. A failure only
+    /// leaves rules that allow exactly what a segment on that address may
+    /// do (port, MAC and address all follow from it), so it is logged.
+    pub(crate) async fn revoke_port(&self, address: Ipv4Addr) {
+        if self.settings.filtering != Filtering::Enforced {
+            return;
+        }
+        let port = SegmentPort::of(address);
+        let name = port.name.clone();
+        if let Err(e) = self.filter_blocking(move |f| f.revoke(&port)).await {
+            let error = crate::agent::error_chain(&e);
+            warn!(port = %name, %error, "could not revoke a deleted segment's port");
+        }
+    }
+
+    /// Puts the table back with the ports of every registered segment, in
+    /// one transaction. Does nothing unless the filter is enforced.
+    pub async fn refresh_filter(&self) -> Result<(), FilterError> {
+        if self.settings.filtering != Filtering::Enforced {
+            return Ok(());
+        }
+        let ports: Vec<SegmentPort> = self
+            .registry
+            .all()
+            .iter()
+            .map(|e| SegmentPort::of(e.record.address))
+            .collect();
+        self.filter_blocking(move |f| f.install(&ports)).await
+    }
+
+    async fn filter_blocking(
+        &self,
+        f: impl FnOnce(&dyn PortFilter) -> Result<(), FilterError> + Send + 'static,
+    ) -> Result<(), FilterError> {
+        let filter = self.filter.clone();
+        tokio::task::spawn_blocking(move || f(filter.as_ref()))
+            .await
+            .map_err(|e| FilterError::Other(format!("filter task: {e}")))?
+    }
+}
