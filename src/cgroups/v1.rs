@@ -86,7 +86,9 @@ pub(super) fn take_in_hand(
         .iter()
         .find(|h| h.controllers.contains("memory"))
         .ok_or_else(|| err("find", root)(std::io::Error::other("no memory hierarchy mounted")))?;
-    sweep(&all, memory, &seg);
+    if let Some(partition) = Path::new(&seg).parent() {
+        sweep(&all, memory, partition);
+    }
     place_all(&all, &memory.mount.join(&seg), &seg, controller)?;
     for h in &all {
         limit(h, &h.mount.join(&seg), limits)?;
@@ -125,6 +127,9 @@ fn place_all(
     ))
 }
 
+/// libvirt's default partition, where every segment's cgroups live.
+const PARTITION: &str = "machine";
+
 /// [`sweep`] over libvirt's default partition, after a segment stopped.
 pub(super) fn sweep_stopped(root: &Path, proc: &Path) {
     let Ok(mountinfo) = std::fs::read_to_string(proc.join("self/mountinfo")) else {
@@ -132,7 +137,7 @@ pub(super) fn sweep_stopped(root: &Path, proc: &Path) {
     };
     let all = hierarchies(&mountinfo, root);
     if let Some(memory) = all.iter().find(|h| h.controllers.contains("memory")) {
-        sweep(&all, memory, "machine/segment");
+        sweep(&all, memory, Path::new(PARTITION));
     }
 }
 
@@ -147,17 +152,14 @@ const NOT_LIBVIRTS: [&str; 2] = ["pids", "name=systemd"];
 /// domain that still runs is never touched; one still holding processes
 /// cannot be removed anyway. Best effort: a failure leaves an empty
 /// directory.
-fn sweep(all: &[Hierarchy], memory: &Hierarchy, seg: &str) {
-    let Some(parent) = Path::new(seg).parent() else {
-        return;
-    };
+fn sweep(all: &[Hierarchy], memory: &Hierarchy, partition: &Path) {
     let agents = |h: &&Hierarchy| {
         h.controllers
             .iter()
             .all(|c| NOT_LIBVIRTS.contains(&c.as_str()))
     };
     for h in all.iter().filter(agents) {
-        let Ok(entries) = std::fs::read_dir(h.mount.join(parent)) else {
+        let Ok(entries) = std::fs::read_dir(h.mount.join(partition)) else {
             continue;
         };
         for entry in entries.flatten() {
@@ -165,7 +167,7 @@ fn sweep(all: &[Hierarchy], memory: &Hierarchy, seg: &str) {
             let ours = name
                 .to_str()
                 .is_some_and(|n| n.starts_with("lxc-") && n.ends_with(".libvirt-lxc"));
-            if ours && entry.path().is_dir() && !memory.mount.join(parent).join(&name).exists() {
+            if ours && entry.path().is_dir() && !memory.mount.join(partition).join(&name).exists() {
                 remove_tree(&entry.path());
             }
         }

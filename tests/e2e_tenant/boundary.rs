@@ -278,3 +278,52 @@ async fn dockers_own_state_is_out_of_the_customers_binds() {
         "hi"
     );
 }
+
+/// The plugin sees no request when dockerd restarts a container by its
+/// restart policy: only the kernel stands between a symlink planted in the
+/// data area and that mount. The customer area is `nosymfollow` inside the
+/// segment too, so the restarted bind never follows it.
+#[tokio::test]
+async fn a_restart_policy_mount_never_follows_a_planted_symlink() {
+    let ca = TestCa::new("cluster-trst");
+    let (_agent, s) = docker_segment("trst", "203.0.113.156-203.0.113.157", &ca, 1024).await;
+    let cli = DockerCli::of(&s.public_ipv4, &ca);
+    cli.import_busybox();
+    // Each run lists what its bind shows, then exits 1: dockerd restarts it
+    // by itself, mounting the bind again with no API request at all.
+    cli.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "looper",
+        "--restart",
+        "always",
+        "-v",
+        "/var/lib/docker/r/esc:/h",
+        "busybox",
+        "sh",
+        "-c",
+        "ls /h/etc/docker; sleep 1; exit 1",
+    ]);
+    // Replace the (dockerd-made) directory with a symlink to the segment's /.
+    cli.ok(&[
+        "run",
+        "--rm",
+        "-v",
+        "/var/lib/docker/r:/r",
+        "busybox",
+        "sh",
+        "-c",
+        "rm -rf /r/esc && ln -s / /r/esc && ls -l /r/esc",
+    ]);
+    // Several restart attempts later (1 s runs, dockerd's backoff from 100 ms).
+    std::thread::sleep(Duration::from_secs(8));
+    let logs = cli.run(&["logs", "looper"]);
+    assert!(
+        !logs.stdout.contains("daemon.json") && !logs.stderr.contains("daemon.json"),
+        "a restart followed the planted symlink into the segment's /etc/docker: {logs:?}"
+    );
+    let state = cli.inspect("{{.RestartCount}} {{.State.Error}}", "looper");
+    let restarts: u32 = state.split_whitespace().next().unwrap().parse().unwrap();
+    assert!(restarts >= 1, "dockerd did restart it: {state}");
+}
