@@ -46,6 +46,7 @@ pub(super) fn take_in_hand(
     }
     write(&seg.join("pids.max"), &limits.pids_max.to_string())?;
     no_swap(&seg)?;
+    reclaim(&seg)?;
     let Some(workload_bytes) = limits.workload_memory_bytes else {
         return Ok(());
     };
@@ -59,6 +60,37 @@ pub(super) fn take_in_hand(
         &["cgroup.procs", "cgroup.subtree_control", "cgroup.threads"],
         limits.owner,
     )
+}
+
+/// The files of the segment's cgroup its root keeps: the ones that move
+/// processes, which runc needs because the segment's cgroup is the common
+/// ancestor of `management` and `docker` (the kernel checks the common
+/// ancestor's `cgroup.procs` on every move).
+const KEPT_BY_SEGMENT: [&str; 2] = ["cgroup.procs", "cgroup.threads"];
+
+/// Takes the segment's cgroup back from its root. libvirt hands an
+/// user-namespaced domain its whole cgroup on v2, limit files included:
+/// `nsdelegate` stops writes to them only from inside a cgroup namespace
+/// rooted there, and the segment's init (and whatever a segment root
+/// injects into it) lives in the host's. Host root owns the directory and
+/// every limit file from here on; only [`KEPT_BY_SEGMENT`] stays the
+/// segment's.
+fn reclaim(seg: &Path) -> Result<(), CgroupError> {
+    let root = Some(0);
+    std::os::unix::fs::chown(seg, root, root).map_err(err("chown", seg))?;
+    for entry in std::fs::read_dir(seg).map_err(err("list", seg))? {
+        let entry = entry.map_err(err("list", seg))?;
+        let name = entry.file_name();
+        let is_file = entry
+            .file_type()
+            .map_err(err("stat", &entry.path()))?
+            .is_file();
+        if is_file && !KEPT_BY_SEGMENT.iter().any(|k| name == *k) {
+            let path = entry.path();
+            std::os::unix::fs::chown(&path, root, root).map_err(err("chown", &path))?;
+        }
+    }
+    Ok(())
 }
 
 /// How long a Docker segment's supervisor may take to enter its cgroup
@@ -128,4 +160,98 @@ fn no_swap(dir: &Path) -> Result<(), CgroupError> {
         write(&swap, "0")?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    const OWNER: u32 = 1_000_000;
+
+    /// A cgroup v2 tree as libvirt leaves a user-namespaced domain: the
+    /// segment's cgroup and all its files owned by the segment's root.
+    fn tree() -> (tempfile::TempDir, PathBuf, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("cgroup");
+        let seg = root.join("machine.slice/m.scope/libvirt");
+        std::fs::create_dir_all(&seg).unwrap();
+        for f in ["cgroup.subtree_control", "cgroup.controllers"] {
+            std::fs::write(root.join(f), "cpu memory pids").unwrap();
+            std::fs::write(root.join("machine.slice").join(f), "cpu memory pids").unwrap();
+            std::fs::write(
+                root.join("machine.slice/m.scope").join(f),
+                "cpu memory pids",
+            )
+            .unwrap();
+        }
+        for f in [
+            "cgroup.procs",
+            "cgroup.threads",
+            "cgroup.subtree_control",
+            "memory.max",
+            "pids.max",
+            "cpu.max",
+            "memory.swap.max",
+        ] {
+            std::fs::write(seg.join(f), "").unwrap();
+            std::os::unix::fs::chown(seg.join(f), Some(OWNER), Some(OWNER)).unwrap();
+        }
+        std::fs::write(seg.join("cgroup.controllers"), "cpu memory pids").unwrap();
+        std::fs::write(seg.join("cgroup.procs"), "41\n42\n").unwrap();
+        std::os::unix::fs::chown(&seg, Some(OWNER), Some(OWNER)).unwrap();
+        let proc = dir.path().join("proc");
+        for pid in ["41", "42"] {
+            std::fs::create_dir_all(proc.join(pid)).unwrap();
+            std::fs::write(
+                proc.join(pid).join("cgroup"),
+                "0::/machine.slice/m.scope/libvirt\n",
+            )
+            .unwrap();
+        }
+        (dir, root, seg)
+    }
+
+    fn owner(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().uid()
+    }
+
+    #[test]
+    fn the_segment_keeps_no_limit_file_of_its_own_cgroup() {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "chown needs root: run the unit tests as root"
+        );
+        let (dir, root, seg) = tree();
+        let limits = SegmentLimits {
+            pids_max: 4096,
+            workload_memory_bytes: None,
+            owner: OWNER,
+        };
+        take_in_hand(&root, &dir.path().join("proc"), 42, 41, &limits).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(seg.join("pids.max")).unwrap(),
+            "4096"
+        );
+        assert_eq!(
+            std::fs::read_to_string(seg.join("memory.swap.max")).unwrap(),
+            "0"
+        );
+        assert_eq!(owner(&seg), 0, "the segment's cgroup directory");
+        for f in [
+            "memory.max",
+            "pids.max",
+            "cpu.max",
+            "memory.swap.max",
+            "cgroup.subtree_control",
+        ] {
+            assert_eq!(owner(&seg.join(f)), 0, "{f}");
+        }
+        for f in KEPT_BY_SEGMENT {
+            assert_eq!(owner(&seg.join(f)), OWNER, "{f}");
+        }
+        assert!(seg.join(MANAGEMENT).is_dir());
+        let enabled = std::fs::read_to_string(root.join("cgroup.subtree_control")).unwrap();
+        assert!(enabled.contains("pids"), "{enabled}");
+    }
 }

@@ -15,6 +15,9 @@ dk dk-1 run -d --name web --restart always busybox:vm sleep 100001 >/dev/null
 wait_until 30 "container web" pgrep -fx "sleep 100001"
 web=$(pgrep -fx "sleep 100001")
 expect_eq "$(label_of "$web")" "docker-default (enforce)" "label of the container's process (host PID $web)"
+expect_eq "$(dk dk-1 exec web cat /proc/self/attr/current | tr -d '\0')" "docker-default (enforce)" \
+    "a process docker exec starts in the container"
+expect_fails "a container under another profile" dk dk-1 run --rm --security-opt apparmor=unconfined busybox:vm true
 for pid in $(segment_pids dk-1); do
     [ "$pid" = "$web" ] && continue
     # A short-lived process may be gone by now.

@@ -44,14 +44,23 @@ attempt segment "read /sys/firmware" "$by_segment.*name=\"/sys/firmware/\"" seg 
 # libvirt mounts the segment's /proc/sys read-only (the bypass below has its own proc).
 expect_fails "segment: write /proc/sys/kernel/core_pattern" seg sh -c 'echo "|/x" >/proc/sys/kernel/core_pattern'
 expect_match "$OUT" "Read-only file system" "refused by libvirt's read-only /proc/sys"
-# Loading a module (an ELF that is no module: unconfined, the same call gets
-# as far as the kernel's module loader).
+# Loading a module (an ELF that is no module): from the host's user namespace,
+# unconfined, the call gets as far as the kernel's module loader; the
+# segment's user namespace holds no CAP_SYS_MODULE the kernel honours, so
+# the kernel refuses it there before AppArmor is asked; and where a process
+# of the segment did hold it (the user namespace bypassed: entered without
+# it), AppArmor denies it.
 seg cp /bin/busybox /tmp/x.ko
-unconfined=$(nsenter -t "$(init_pid den-1)" -a insmod /tmp/x.ko 2>&1 || true)
+not_userns() { nsenter -t "$(init_pid den-1)" -m -u -i -n -p -- "$@"; }
+confined_not_userns() { aa-exec -p "$PROFILE" -- nsenter -t "$(init_pid den-1)" -m -u -i -n -p -- "$@"; }
+unconfined=$(not_userns insmod /tmp/x.ko 2>&1 || true)
 expect_match "$unconfined" "invalid module format" "unconfined, insmod reaches the module loader"
+expect_fails "segment: load a module (its user namespace)" seg insmod /tmp/x.ko
+expect_match "$OUT" "Operation not permitted" "refused by the kernel in the segment's user namespace"
 reset_capability_audit
-attempt segment "load a module" "operation=\"capable\".*$by_segment.*capname=\"sys_module\"" \
-    seg insmod /tmp/x.ko
+attempt segment "load a module (the user namespace bypassed)" \
+    "operation=\"capable\".*$by_segment.*capname=\"sys_module\"" \
+    confined_not_userns insmod /tmp/x.ko
 # libvirt already keeps CAP_SYS_MODULE out of the segment's bounding set.
 capbnd=$(awk '/^CapBnd/ {print $2}' "/proc/$(init_pid den-1)/status")
 (((0x$capbnd >> 16) & 1)) && fail "CAP_SYS_MODULE is in the segment's bounding set ($capbnd)"
