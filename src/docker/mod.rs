@@ -68,10 +68,20 @@ pub fn segment_mounts(dirs: &SegmentDirs, tools_dir: &Path, docker: bool) -> Vec
     mounts
 }
 
+/// The default log options of containers: each container's `json-file` log
+/// is rotated at this size and keeps at most [`LOG_MAX_FILES`] files, so a
+/// chatty container cannot fill the segment's disk (the policy bounds what
+/// a container may ask for instead, see `policy::options`).
+pub const LOG_MAX_SIZE: &str = "10m";
+/// See [`LOG_MAX_SIZE`].
+pub const LOG_MAX_FILES: &str = "3";
+
 /// `daemon.json` for a segment: mutual TLS on 2376 and the local socket,
-/// live-restore, and the policy plugin. `containerd` and `cgroup-parent` are
-/// flags of the supervisor and must not appear here (dockerd refuses a key
-/// given both ways).
+/// live-restore, the policy plugin, and the daemon hardening of the CIS
+/// Docker Benchmark that applies to a segment (section 2; the README's
+/// "The CIS Docker Benchmark" lists the checks that do not apply, and why).
+/// `containerd` and `cgroup-parent` are flags of the supervisor and must not
+/// appear here (dockerd refuses a key given both ways).
 pub fn daemon_json() -> String {
     let config = serde_json::json!({
         "hosts": [format!("tcp://0.0.0.0:{DOCKER_TLS_PORT}"), "unix:///var/run/docker.sock"],
@@ -85,7 +95,22 @@ pub fn daemon_json() -> String {
         // dockerd's identity key; /etc/docker is read-only to the segment.
         "deprecated-key-path": format!("{DATA_ROOT}/key.json"),
         "authorization-plugins": [AUTHZ_PLUGIN],
-        "log-level": "warn",
+        // CIS 2.3; the supervisor rotates dockerd's own log.
+        "log-level": "info",
+        // CIS 2.2: containers on the default bridge reach each other only
+        // through published ports (user-defined networks are the customer's
+        // choice).
+        "icc": false,
+        // CIS 2.16: published ports are iptables DNAT rules, no docker-proxy
+        // process per port listening in the segment.
+        "userland-proxy": false,
+        // CIS 2.14: setuid and file capabilities gain nothing in containers
+        // (the policy refuses `no-new-privileges=false`).
+        "no-new-privileges": true,
+        // A container's log is bounded (CIS 2.13 asks for remote logging,
+        // which the policy refuses: see the README).
+        "log-driver": "json-file",
+        "log-opts": {"max-size": LOG_MAX_SIZE, "max-file": LOG_MAX_FILES},
     });
     serde_json::to_string_pretty(&config).expect("static JSON") + "\n"
 }
@@ -158,6 +183,44 @@ mod tests {
         assert_eq!(v["authorization-plugins"][0], "segment-policy");
         // Flags of the supervisor: dockerd refuses a key set both ways.
         assert!(v.get("containerd").is_none() && v.get("cgroup-parent").is_none());
+    }
+
+    /// The CIS Docker Benchmark's section 2 checks that apply to a segment,
+    /// as docker-bench-security reads them from `daemon.json`.
+    #[test]
+    fn daemon_json_carries_the_cis_hardening() {
+        let v: serde_json::Value = serde_json::from_str(&daemon_json()).unwrap();
+        let cases: [(&str, serde_json::Value); 10] = [
+            ("icc", false.into()),        // 2.2
+            ("log-level", "info".into()), // 2.3
+            ("tlsverify", true.into()),   // 2.7
+            (
+                "authorization-plugins",
+                serde_json::json!(["segment-policy"]),
+            ), // 2.12
+            ("no-new-privileges", true.into()), // 2.14
+            ("live-restore", true.into()), // 2.15
+            ("userland-proxy", false.into()), // 2.16
+            ("log-driver", "json-file".into()),
+            (
+                "log-opts",
+                serde_json::json!({"max-size": "10m", "max-file": "3"}),
+            ),
+            ("data-root", DATA_ROOT.into()),
+        ];
+        for (key, want) in cases {
+            assert_eq!(v[key], want, "daemon.json {key}");
+        }
+        // Defaults the benchmark checks by absence: iptables management on
+        // (2.4), no insecure registries (2.5), no experimental features (2.18).
+        for key in [
+            "iptables",
+            "insecure-registries",
+            "experimental",
+            "storage-driver",
+        ] {
+            assert!(v.get(key).is_none(), "daemon.json must not set {key}");
+        }
     }
 
     #[test]

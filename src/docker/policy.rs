@@ -39,7 +39,7 @@
 //! | `SEGMENT-1001` | privileged | `--privileged` (`HostConfig.Privileged`), `docker exec --privileged` |
 //! | `SEGMENT-1002` | cap-add | `--cap-add` (`CapAdd`, API 1.40 `Capabilities`), service `CapabilityAdd` |
 //! | `SEGMENT-1003` | cap-drop | `--cap-drop` (`CapDrop`), service `CapabilityDrop` |
-//! | `SEGMENT-1004` | confinement | `--security-opt` `apparmor=` other than `docker-default`, `seccomp=unconfined` or a custom profile, `label=disable` / `type:spc_t`, `systempaths=unconfined` (`MaskedPaths`/`ReadonlyPaths` missing a default entry, `[]` included), unknown options; build `securityopt`; service `Privileges` with SELinux disabled, seccomp unconfined/custom or AppArmor disabled |
+//! | `SEGMENT-1004` | confinement | `--security-opt` `apparmor=` other than `docker-default`, `seccomp=unconfined` or a custom profile, `label=disable` / `type:spc_t`, `no-new-privileges=false` (the daemon sets it for every container), `systempaths=unconfined` (`MaskedPaths`/`ReadonlyPaths` missing a default entry, `[]` included), unknown options; build `securityopt`; service `Privileges` with SELinux disabled, seccomp unconfined/custom or AppArmor disabled |
 //! | `SEGMENT-1005` | devices | `--device`, `--device-cgroup-rule`, `--gpus` (`Devices`, `DeviceCgroupRules`, `DeviceRequests`) on create and update; service `GenericResources` |
 //! | `SEGMENT-1006` | host PID namespace | `--pid=host` |
 //! | `SEGMENT-1007` | host IPC namespace | `--ipc=host` |
@@ -70,7 +70,8 @@
 //! Allowed on purpose: plain runs, named and anonymous volumes, `-v
 //! /var/lib/docker/...:/dst` (missing sources are created by dockerd),
 //! `--volumes-from`, `--net=host`, `-p`, tmpfs mounts,
-//! `--security-opt no-new-privileges[:false]`, builds (classic and BuildKit,
+//! `--security-opt no-new-privileges` (the daemon's default; `=false` is
+//! refused), builds (classic and BuildKit,
 //! which needs `POST /session`: over it dockerd calls *back* into the client
 //! for the build context, credentials and SSH agent, so it grants the client
 //! nothing the `/build` request did not already ask for), `docker build

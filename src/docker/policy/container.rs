@@ -169,7 +169,10 @@ fn security_option_allowed(opt: &str) -> bool {
     };
     let value = value.trim();
     match key.trim().to_ascii_lowercase().as_str() {
-        "no-new-privileges" => true,
+        // The daemon sets no-new-privileges for every container (CIS 2.14);
+        // `=false` would turn it off for one. Only the values Go's
+        // `strconv.ParseBool` reads as true pass (dockerd refuses the rest).
+        "no-new-privileges" => matches!(value, "1" | "t" | "T" | "true" | "TRUE" | "True"),
         // Only the daemon's own profile: any other name is whatever happens
         // to be loaded on the host, "unconfined" included.
         "apparmor" => value == "docker-default",
@@ -253,8 +256,8 @@ mod tests {
         let allowed = [
             "no-new-privileges",
             "no-new-privileges:true",
-            "no-new-privileges:false",
-            "no-new-privileges=false",
+            "no-new-privileges=true",
+            "no-new-privileges=1",
             "apparmor=docker-default",
             "seccomp=builtin",
             "label=user:USER",
@@ -276,6 +279,13 @@ mod tests {
             "label=type:spc_t",
             "systempaths=unconfined",
             "bogus",
+            // The daemon's no-new-privileges default switched off.
+            "no-new-privileges:false",
+            "no-new-privileges=false",
+            "no-new-privileges=0",
+            "no-new-privileges=F",
+            "no-new-privileges=no",
+            "no-new-privileges=",
         ];
         for opt in refused {
             assert!(!security_option_allowed(opt), "{opt}");

@@ -43,7 +43,7 @@ const CLI_CASES: &[(&str, Option<&str>)] = &[
     ("run_everyday", None),
     ("run_net_host", None),
     ("run_no_new_privileges", None),
-    ("run_no_new_privileges_false", None),
+    ("run_no_new_privileges_false", Some("SEGMENT-1004")),
     ("run_named_volume", None),
     ("run_anonymous_volume", None),
     ("run_mount_volume", None),
