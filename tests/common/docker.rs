@@ -204,7 +204,8 @@ impl DockerCli {
     }
 
     /// Imports the test image as `busybox:latest` (busybox applets at /bin,
-    /// the memory hog at /hog, the raw frame sender at /rawsend).
+    /// the memory hog at /hog, the raw frame sender at /rawsend, a setuid
+    /// root `/suid-id`).
     pub fn import_busybox(&self) {
         let tar = self.dir.path().join("busybox.tar");
         std::fs::write(&tar, busybox_tarball()).unwrap();
@@ -239,6 +240,18 @@ int main(int argc, char **argv) {
 }
 "#;
 
+/// A static C program installed setuid root (`/suid-id`): prints its real
+/// and effective uid, `ruid=R euid=E`. Run as a non-root user, `euid=0`
+/// means the setuid bit gained privileges.
+const SUID_ID_C: &str = r#"
+#include <stdio.h>
+#include <unistd.h>
+int main(void) {
+    printf("ruid=%d euid=%d\n", (int)getuid(), (int)geteuid());
+    return 0;
+}
+"#;
+
 /// The tarball of the test image, built once per test process.
 pub fn busybox_tarball() -> &'static [u8] {
     static TAR: OnceLock<Vec<u8>> = OnceLock::new();
@@ -260,6 +273,12 @@ pub fn busybox_tarball() -> &'static [u8] {
         }
         static_c(work.path(), &root.join("hog"), HOG_C);
         static_c(work.path(), &root.join("rawsend"), super::net::RAWSEND_C);
+        static_c(work.path(), &root.join("suid-id"), SUID_ID_C);
+        std::fs::set_permissions(
+            root.join("suid-id"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o4755),
+        )
+        .unwrap();
         let tar = work.path().join("image.tar");
         let out = Command::new("tar")
             .arg("-C")

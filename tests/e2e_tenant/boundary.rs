@@ -20,7 +20,7 @@ fn host_uid(pid: u32) -> u32 {
 }
 
 /// The segment's supervisor: the only child of its init (tini).
-fn supervisor_pid(domain: &str) -> u32 {
+pub(super) fn supervisor_pid(domain: &str) -> u32 {
     let init = init_pid(domain).expect("segment init");
     let children = std::fs::read_to_string(format!("/proc/{init}/task/{init}/children")).unwrap();
     children.split_whitespace().next().unwrap().parse().unwrap()
@@ -30,7 +30,7 @@ fn supervisor_pid(domain: &str) -> u32 {
 /// of the segment's supervisor (user, mount, pid, net, ipc, uts, cgroup),
 /// uid 0 there with all its capabilities. What a customer who reached
 /// segment root (say, through a replaced runc) could do.
-fn as_segment_root(domain: &str, script: &str) -> String {
+pub(super) fn as_segment_root(domain: &str, script: &str) -> String {
     let pid = supervisor_pid(domain).to_string();
     let out = Command::new("nsenter")
         .args(["-t", &pid, "-U", "-m", "-p", "-n", "-i", "-u", "-C", "--"])

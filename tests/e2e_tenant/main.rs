@@ -5,12 +5,14 @@
 //! asserts that it failed or was contained. A missing environment fails
 //! the tests, never skips them.
 //!
-//! One module per layer of the boundary. Addresses: 203.0.113.140-.199,
+//! One module per layer of the boundary (`hardening.rs`: the CIS Docker
+//! Benchmark checks that apply to a segment). Addresses: 203.0.113.140-.199,
 //! each module its own block (see the module's doc), one range per test.
 
 #[path = "../common/mod.rs"]
 mod common;
 
 mod boundary;
+mod hardening;
 mod network;
 mod policy;
