@@ -61,6 +61,7 @@
 //! | `SEGMENT-1023` | networks | `docker network create` with a driver other than bridge/overlay/null (`macvlan`, `ipvlan`, `host` ...), an IPAM driver other than default, driver options outside a safe list (`com.docker.network.bridge.name` reuses or creates a host interface), an ingress network |
 //! | `SEGMENT-1024` | swarm membership | `docker swarm init/join/leave/update/unlock`, `docker node update/rm`: the agent manages swarm membership |
 //! | `SEGMENT-1025` | closed endpoints | BuildKit's raw gRPC API (`POST /grpc`), dockerd's `/debug/` endpoints, checkpoints (experimental), start from a checkpoint, the removed `/containers/{id}/copy` |
+//! | `SEGMENT-1026` | log size | `--log-opt max-size` over 100m (or not a size), `max-file` over 10 (or not a count) for `json-file` and `local` (containers and services): a container's log stays bounded |
 //! | `SEGMENT-1100` | uninspectable body | a checked request whose body dockerd did not forward (not `Content-Type: application/json`, empty, or 1 MiB and over); any request with a form body (`application/x-www-form-urlencoded`, `multipart/form-data`: dockerd reads parameters from it that the plugin never sees) |
 //! | `SEGMENT-1101` | malformed body | a checked request whose body is not the JSON dockerd expects, or names a checked field twice (`"Privileged"` and `"privileged"`) |
 //! | `SEGMENT-1102` | malformed authorization request | an `AuthZPlugin.AuthZReq` the plugin cannot decode |
@@ -97,6 +98,7 @@
 mod build;
 mod container;
 mod gojson;
+mod logs;
 mod mounts;
 mod network;
 mod options;

@@ -1,6 +1,7 @@
 //! Container endpoints: create, legacy start, update and exec.
 
 use super::gojson::{Json, bool_of, is_set, str_of, strings_of};
+use super::logs::check_log_options;
 use super::mounts::{check_binds, check_mounts, check_volume_driver, quote};
 use super::options::{
     check_isolation, check_log_driver, check_priority, check_runtime, check_storage_opt,
@@ -97,7 +98,9 @@ fn check_host_config(hc: &Json, area: &dyn DataArea) -> Check {
     check_volume_driver(str_of(hc.field("VolumeDriver")?, "VolumeDriver")?)?;
     check_runtime(str_of(hc.field("Runtime")?, "Runtime")?)?;
     check_sysctls(hc.field("Sysctls")?)?;
-    check_log_driver(str_of(hc.path(&["LogConfig", "Type"])?, "Type")?)?;
+    let log_driver = str_of(hc.path(&["LogConfig", "Type"])?, "Type")?;
+    check_log_driver(log_driver)?;
+    check_log_options(log_driver, hc.path(&["LogConfig", "Config"])?)?;
     check_isolation(str_of(hc.field("Isolation")?, "Isolation")?)?;
     check_storage_opt(hc.field("StorageOpt")?)?;
     check_resources(hc)

@@ -94,6 +94,8 @@ pub enum Rule {
     Swarm,
     /// `SEGMENT-1025`
     ClosedEndpoint,
+    /// `SEGMENT-1026`
+    LogSize,
     /// `SEGMENT-1100`
     BodyMissing,
     /// `SEGMENT-1101`
@@ -135,6 +137,7 @@ impl Rule {
             Rule::Network => "SEGMENT-1023",
             Rule::Swarm => "SEGMENT-1024",
             Rule::ClosedEndpoint => "SEGMENT-1025",
+            Rule::LogSize => "SEGMENT-1026",
             Rule::BodyMissing => "SEGMENT-1100",
             Rule::BodyMalformed => "SEGMENT-1101",
             Rule::ProtocolError => "SEGMENT-1102",
@@ -184,6 +187,7 @@ mod tests {
             Rule::Network,
             Rule::Swarm,
             Rule::ClosedEndpoint,
+            Rule::LogSize,
             Rule::BodyMissing,
             Rule::BodyMalformed,
             Rule::ProtocolError,

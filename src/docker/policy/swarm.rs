@@ -6,6 +6,7 @@
 //! here, on the manager.
 
 use super::gojson::{Json, array_of, bool_of, is_set, str_of, strings_of};
+use super::logs::check_log_options;
 use super::mounts::{check_mounts, quote};
 use super::options::{check_isolation, check_log_driver, check_priority, check_sysctls};
 use super::{Check, DataArea, Denial, Rule};
@@ -41,7 +42,9 @@ pub(crate) fn check_service_spec(spec: &Json, area: &dyn DataArea) -> Check {
             ),
         ));
     }
-    check_log_driver(str_of(task.path(&["LogDriver", "Name"])?, "Name")?)?;
+    let log_driver = str_of(task.path(&["LogDriver", "Name"])?, "Name")?;
+    check_log_driver(log_driver)?;
+    check_log_options(log_driver, task.path(&["LogDriver", "Options"])?)?;
     check_generic_resources(task)?;
     let Some(container) = task.field("ContainerSpec")? else {
         return Ok(());

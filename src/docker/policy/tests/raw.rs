@@ -438,6 +438,36 @@ const RAW_CASES: &[(&str, &str, Option<&str>, Option<&str>)] = &[
         ),
         Some("SEGMENT-1021"),
     ),
+    // A container's log stays bounded: the daemon's default, or at most
+    // 100m x 10 of json-file or local; also at the deprecated top level.
+    (
+        "POST",
+        "/v1.41/containers/create",
+        Some(
+            r#"{"HostConfig":{"LogConfig":{"Type":"json-file","Config":{"max-size":"100m","max-file":"10"}}}}"#,
+        ),
+        None,
+    ),
+    (
+        "POST",
+        "/v1.41/containers/create",
+        Some(r#"{"HostConfig":{"LogConfig":{"Type":"","Config":{"max-size":"100g"}}}}"#),
+        Some("SEGMENT-1026"),
+    ),
+    (
+        "POST",
+        "/v1.41/containers/create",
+        Some(r#"{"LogConfig":{"Type":"local","Config":{"max-file":"100000"}}}"#),
+        Some("SEGMENT-1026"),
+    ),
+    (
+        "POST",
+        "/v1.41/services/create",
+        Some(
+            r#"{"TaskTemplate":{"ContainerSpec":{"Image":"busybox"},"LogDriver":{"Name":"json-file","Options":{"max-size":"1t"}}}}"#,
+        ),
+        Some("SEGMENT-1026"),
+    ),
     (
         "POST",
         "/v1.41/containers/create",
