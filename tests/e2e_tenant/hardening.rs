@@ -3,7 +3,8 @@
 //! which do not, and why). Each check attempted for real: a setuid binary
 //! run by a non-root user in a container (2.14), containers on the default
 //! bridge talking to each other (2.2), published ports without docker-proxy
-//! (2.16), a container writing far more log than the bound (log-opts), the
+//! (2.16), a container writing far more log than the bound (log-opts, and
+//! the policy's SEGMENT-1026 for larger ones), the
 //! management files' modes and owners as the benchmark reads them (section
 //! 3), also after a rebuild.
 //!
@@ -198,6 +199,16 @@ async fn a_chatty_container_cannot_fill_the_disk_with_its_log() {
             .starts_with("0123456789"),
         "docker logs still works"
     );
+    // Asking for an unbounded log is refused; a bounded choice is not.
+    for opt in ["max-size=1g", "max-file=1000", "max-size=-1"] {
+        let err = cli.fails(&["run", "--rm", "--log-opt", opt, "busybox", "true"]);
+        assert_refused(&err, "SEGMENT-1026", opt);
+    }
+    let local = ["--log-driver", "local", "--log-opt", "max-size=5g"];
+    let err = cli.fails(&[&["run", "--rm"][..], &local, &["busybox", "true"]].concat());
+    assert_refused(&err, "SEGMENT-1026", "local max-size=5g");
+    let bounded = ["--log-opt", "max-size=50m", "--log-opt", "max-file=5"];
+    cli.ok(&[&["run", "--rm"][..], &bounded, &["busybox", "true"]].concat());
 }
 
 /// `/etc/docker` and the sockets as the benchmark's section 3 reads them.
