@@ -82,9 +82,13 @@ pub fn init_pid(domain: &str) -> Option<u32> {
     let dir = cgroup_dir("memory", domain)?;
     let name = dir.file_name()?.to_str()?.to_owned();
     let controller: u32 = name.strip_prefix("lxc-")?.split('-').next()?.parse().ok()?;
-    let children =
-        std::fs::read_to_string(format!("/proc/{controller}/task/{controller}/children")).ok()?;
-    children.split_whitespace().next()?.parse().ok()
+    // Children are listed per thread, and the controller may fork the init
+    // from any of its threads.
+    let tasks = std::fs::read_dir(format!("/proc/{controller}/task")).ok()?;
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .find_map(|c| c.split_whitespace().next()?.parse().ok())
 }
 
 /// Whether something is mounted at `path`.
