@@ -6,7 +6,7 @@
 //! (2.16), a container writing far more log than the bound (log-opts, and
 //! the policy's SEGMENT-1026 for larger ones), the
 //! management files' modes and owners as the benchmark reads them (section
-//! 3), also after a rebuild.
+//! 3), also after a rebuild; the supervisor rotating the daemons' logs.
 //!
 //! Addresses: 203.0.113.141-203.0.113.149.
 
@@ -265,4 +265,30 @@ async fn management_files_keep_the_benchmark_modes_across_a_rebuild() {
         out.contains("REMOUNTED"),
         "the remount is what the owner guards against: {out}"
     );
+}
+
+#[tokio::test]
+async fn the_supervisor_rotates_the_daemons_logs() {
+    let ca = TestCa::new("cluster-hrot");
+    let (_agent, _s) = docker_segment("hrot", "203.0.113.149-203.0.113.149", &ca, 1024).await;
+    // dockerd logs at level info (CIS 2.3) into a file it appends to: grow
+    // it past the 8 MiB bound as if it had logged that much.
+    let size = |f: &str| {
+        let out = as_segment_root("seg-hrot-a", &format!("wc -c < /var/log/segment/{f}"));
+        out.trim().parse::<u64>().unwrap_or(0)
+    };
+    as_segment_root(
+        "seg-hrot-a",
+        "head -c 9437184 /dev/zero >> /var/log/segment/dockerd.log",
+    );
+    assert!(size("dockerd.log") > 9 << 20);
+    let deadline = Instant::now() + Duration::from_secs(45);
+    while size("dockerd.log") > 8 << 20 {
+        assert!(
+            Instant::now() < deadline,
+            "dockerd.log not rotated within 45 s"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    assert!(size("dockerd.log.1") > 9 << 20, "the old log is kept once");
 }
