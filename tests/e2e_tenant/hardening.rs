@@ -101,6 +101,27 @@ fn fetches(cli: &DockerCli, args: &[&str], addr: &str) -> bool {
     out.stdout.contains("hello-srv")
 }
 
+/// Polls `url` from the sandbox until the test server's page comes back.
+fn wait_for_page(url: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let curl = || in_sandbox(&["curl", "-s", "-m", "3", url]);
+    while !String::from_utf8_lossy(&curl().stdout).contains("hello-srv") {
+        assert!(Instant::now() < deadline, "{url} never answered");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// The sizes of a container's `json-file` logs (`-json.log` and its
+/// rotated `.1`, `.2`...) in dockerd's data root on the host.
+fn json_log_sizes(dir: &std::path::Path) -> Vec<u64> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains("-json.log"))
+        .map(|e| e.metadata().unwrap().len())
+        .collect()
+}
+
 #[tokio::test]
 async fn containers_on_the_default_bridge_are_apart_and_ports_need_no_proxy() {
     let ca = TestCa::new("cluster-hicc");
@@ -122,16 +143,7 @@ async fn containers_on_the_default_bridge_are_apart_and_ports_need_no_proxy() {
         serve,
     ]);
     let srv_ip = cli.inspect("{{.NetworkSettings.IPAddress}}", "srv");
-    let published = format!("http://{ip}:8081/");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let curl = || in_sandbox(&["curl", "-s", "-m", "3", &published]);
-    while !String::from_utf8_lossy(&curl().stdout).contains("hello-srv") {
-        assert!(
-            Instant::now() < deadline,
-            "the published port never answered"
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    wait_for_page(&format!("http://{ip}:8081/"));
     // CIS 2.2: the server answers, but not to its neighbour on docker0.
     let direct = format!("{srv_ip}:8080");
     assert!(
@@ -182,12 +194,7 @@ async fn a_chatty_container_cannot_fill_the_disk_with_its_log() {
         .segment_dir("hlog-a")
         .join("docker/containers")
         .join(&id);
-    let logs: Vec<u64> = std::fs::read_dir(&dir)
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().contains("-json.log"))
-        .map(|e| e.metadata().unwrap().len())
-        .collect();
+    let logs = json_log_sizes(&dir);
     assert_eq!(logs.len(), 3, "rotated into max-file files: {logs:?}");
     let bound = 10 << 20;
     assert!(
