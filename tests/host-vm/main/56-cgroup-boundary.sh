@@ -83,7 +83,7 @@ build=$!
 wait_until 60 "the build step" pgrep -fx "sleep 100003"
 step=$(pgrep -fx "sleep 100003")
 step_cg=/sys/fs/cgroup$(sed -n 's/^0:://p' "/proc/$step/cgroup")
-kill "$step"
+kill -KILL "$step" # a container's PID 1 ignores SIGTERM from outside
 wait "$build" || true
 case $step_cg in
     "$cg"/docker/*) say "ok: the build step ran in $step_cg" ;;
