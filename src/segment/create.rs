@@ -53,18 +53,20 @@ impl SegmentManager {
             Ok(record) => record,
             Err(e) => {
                 warn!(error = %e, "create failed; undoing it");
-                self.undo_create(&record).await;
+                self.undo_create(&record, &e).await;
                 self.announce(&record.request.id).await;
                 return Err(e);
             }
         };
-        self.registry.update(&record.request.id, |e| e.op = None);
         info!(address = %record.address, image = %image.name, "segment running");
+        // Still PROVISIONING while Docker comes up: a reader never sees it
+        // RUNNING and then FAILED.
         if ca.is_some()
             && let Some(took) = self.await_docker(&record).await
         {
             self.observer.create_step(CreateStep::DockerReady, took);
         }
+        self.registry.update(&record.request.id, |e| e.op = None);
         self.announce(&record.request.id).await;
         self.get(&record.request.id).await
     }
@@ -266,7 +268,7 @@ impl SegmentManager {
                     "Docker did not answer /_ping over TLS on {endpoint} within {timeout:?}: {last}"
                 );
                 warn!(%reason, "segment FAILED");
-                self.registry.update(id, |e| e.failure = Some(reason));
+                self.set_failure(id, Some(reason)).await;
                 None
             }
         }
@@ -295,35 +297,29 @@ impl SegmentManager {
         }
     }
 
-    /// Removes whatever a failed create made. If libvirt cannot be cleaned
-    /// up, the segment stays registered as FAILED so its address is never
-    /// handed out twice; DeleteSegment (or the next agent start) finishes it.
-    async fn undo_create(&self, record: &SegmentRecord) {
+    /// Removes whatever a failed create made. The domain is first marked
+    /// `deleted` (the scheduler is told the create failed: a crash during
+    /// the undo must not bring it back); what cannot be removed stays
+    /// registered as DELETING so its address is never handed out twice, and
+    /// DeleteSegment (or the next agent start) finishes it.
+    async fn undo_create(&self, record: &SegmentRecord, cause: &Error) {
         let id = record.request.id.clone();
-        let name = id.domain_name();
-        let undone = self
-            .blocking(move |hv| {
-                hv.destroy(&name).or_else(ignore_missing)?;
-                hv.undefine(&name)
-            })
-            .await;
-        let removed = match &undone {
-            Ok(()) => {
-                self.revoke_port(record.address).await;
-                let id = id.clone();
-                self.storage_blocking(move |s| s.remove(&id)).await
-            }
-            Err(_) => Ok(()),
-        };
-        match undone.and(removed) {
+        let mut marked = record.clone();
+        marked.failure = Some(super::spec::bounded_failure(&format!(
+            "create failed: {cause}"
+        )));
+        match self.remove_everything(marked.clone()).await {
             Ok(()) => {
                 self.registry.remove(&id);
             }
             Err(e) => {
-                warn!(error = %e, "could not undo the failed create; keeping the segment as FAILED");
+                warn!(error = %e, "could not undo the failed create; the segment is DELETING");
                 self.registry.update(&id, |entry| {
                     entry.op = None;
-                    entry.failure = Some(format!("create failed and was not fully undone: {e}"));
+                    entry.record.desired = super::spec::Desired::Deleted;
+                    entry.record.failure = Some(super::spec::bounded_failure(&format!(
+                        "create failed ({cause}) and was not fully undone: {e}"
+                    )));
                 });
             }
         }

@@ -239,6 +239,31 @@ pub struct SegmentRecord {
     pub server_cert_not_after: Option<SystemTime>,
     /// The host ids its user namespace maps to (its root is `host_first`).
     pub ids: crate::idmap::IdRange,
+    /// Why the segment is FAILED (its last operation failed, Docker never
+    /// answered); persisted so a restarted agent still says it.
+    pub failure: Option<String>,
+    /// How often the agent restarted it after its init died.
+    pub restarts: u32,
+}
+
+/// Longest failure reason kept in a record (and so in libvirt's metadata).
+pub const MAX_FAILURE_LEN: usize = 1024;
+
+/// `reason` cut to [`MAX_FAILURE_LEN`] bytes on a character boundary.
+pub fn bounded_failure(reason: &str) -> String {
+    crate::segment::spec::truncated(reason, MAX_FAILURE_LEN)
+}
+
+/// `s` cut to at most `max` bytes on a character boundary, marked when cut.
+pub fn truncated(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes)", &s[..end], s.len())
 }
 
 /// The state an operator or scheduler asked for, as opposed to the observed one.
