@@ -140,6 +140,7 @@ impl From<Segment> for pb::Segment {
             docker_endpoint,
             ca_cert_pem: r.request.ca_cert_pem.unwrap_or_default(),
             server_cert_not_after: r.server_cert_not_after.map(timestamp),
+            restarts: r.restarts,
         }
     }
 }

@@ -36,6 +36,56 @@ pub enum ListenError {
     /// Reflection set-up.
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// Another process (another agent with this configuration) serves there.
+    #[error(
+        "another process answers on {0}: an agent with this configuration is already running; \
+         stop it first (this one touched nothing)"
+    )]
+    InUse(String),
+}
+
+/// Fails when something answers on the unix socket `path`: two agents over
+/// one libvirt, one state dir and two address pools would hand out the same
+/// addresses. Run before anything else at start (recovery changes things).
+pub fn refuse_if_answered(path: &Path) -> Result<(), ListenError> {
+    if path.as_os_str().is_empty() {
+        return Ok(());
+    }
+    match std::os::unix::net::UnixStream::connect(path) {
+        Ok(_) => Err(ListenError::InUse(path.display().to_string())),
+        // Refused (a stale file) or absent: nobody serves there.
+        Err(_) => Ok(()),
+    }
+}
+
+/// The socket file this agent bound, by device and inode: at exit it removes
+/// the path only while the path is still that file.
+struct OwnedSocket {
+    path: PathBuf,
+    id: (u64, u64),
+}
+
+impl OwnedSocket {
+    fn of(path: &Path) -> std::io::Result<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::symlink_metadata(path)?;
+        Ok(Self {
+            path: path.to_owned(),
+            id: (m.dev(), m.ino()),
+        })
+    }
+
+    fn remove(&self) {
+        use std::os::unix::fs::MetadataExt;
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(m) if (m.dev(), m.ino()) == self.id => {
+                let _ = std::fs::remove_file(&self.path);
+            }
+            Ok(_) => tracing::warn!(socket = %self.path.display(),
+                "the socket path is another process's now; leaving it"),
+            Err(_) => {}
+        }
+    }
 }
 
 fn io(what: &'static str, path: impl Into<String>) -> impl FnOnce(std::io::Error) -> ListenError {
@@ -45,17 +95,18 @@ fn io(what: &'static str, path: impl Into<String>) -> impl FnOnce(std::io::Error
 
 /// Bound listeners, ready to serve.
 pub struct Listeners {
-    unix: Option<(UnixListener, PathBuf)>,
+    unix: Option<(UnixListener, OwnedSocket)>,
     tcp: Option<(TcpListener, Option<ServerTlsConfig>)>,
 }
 
 impl Listeners {
-    /// Binds what `config` asks for. A stale socket file is replaced.
+    /// Binds what `config` asks for. A stale socket file is replaced; one
+    /// that answers is another agent's ([`ListenError::InUse`]).
     pub async fn bind(config: &ListenConfig) -> Result<Self, ListenError> {
         let unix = if config.socket.as_os_str().is_empty() {
             None
         } else {
-            Some((bind_unix(&config.socket)?, config.socket.clone()))
+            Some(bind_unix(&config.socket)?)
         };
         let tcp = match config.tcp {
             None => None,
@@ -75,11 +126,12 @@ impl Listeners {
     }
 }
 
-fn bind_unix(path: &Path) -> Result<UnixListener, ListenError> {
+fn bind_unix(path: &Path) -> Result<(UnixListener, OwnedSocket), ListenError> {
     let shown = path.display().to_string();
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io("create", dir.display().to_string()))?;
     }
+    refuse_if_answered(path)?;
     match std::fs::remove_file(path) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -87,8 +139,9 @@ fn bind_unix(path: &Path) -> Result<UnixListener, ListenError> {
     }
     let listener = UnixListener::bind(path).map_err(io("bind", shown.clone()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(io("chmod", shown))?;
-    Ok(listener)
+        .map_err(io("chmod", shown.clone()))?;
+    let owned = OwnedSocket::of(path).map_err(io("stat", shown))?;
+    Ok((listener, owned))
 }
 
 fn tls_config(config: &ListenConfig) -> Result<Option<ServerTlsConfig>, ListenError> {
@@ -144,7 +197,7 @@ pub async fn serve(
                     let _ = stop.recv().await;
                 })
                 .await;
-            let _ = std::fs::remove_file(path);
+            path.remove();
             r
         });
     }

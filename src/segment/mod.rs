@@ -2,14 +2,15 @@
 //! drive. It knows nothing of tonic; it talks to the host through the
 //! [`Hypervisor`] and [`SegmentStorage`] traits.
 //!
-//! One file per operation: [`create`], [`delete`], [`power`] (start, stop) and
-//! [`recover`] (agent start); [`ports`] keeps the bridge filter in step. Operations on one segment are serialised by
+//! One file per operation: [`create`], [`delete`], [`power`] (start, stop),
+//! [`recover`] (agent start) and [`heal`] (restarting segments that died); [`ports`] keeps the bridge filter in step. Operations on one segment are serialised by
 //! [`locks::SegmentLocks`]; admission is atomic in [`registry::Registry`].
 
 pub mod boot;
 pub mod create;
 pub mod delete;
 pub mod error;
+pub mod heal;
 pub mod locks;
 pub mod ports;
 pub mod power;
@@ -195,6 +196,7 @@ pub struct SegmentManager {
     settings: Settings,
     events: EventHub,
     observer: Arc<dyn LifecycleObserver>,
+    healer: heal::Healer,
 }
 
 impl SegmentManager {
@@ -213,6 +215,7 @@ impl SegmentManager {
             settings,
             events: EventHub::default(),
             observer: Arc::new(Unobserved),
+            healer: heal::Healer::default(),
         }
     }
 
