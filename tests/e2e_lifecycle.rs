@@ -70,16 +70,31 @@ async fn a_second_agent_with_the_same_config_refuses_to_start() {
         .unwrap()
         .into_inner();
     let init = init_pid("seg-twin-a").unwrap();
-    let out = Command::new("nsenter")
+    let mut twin = Command::new("nsenter")
         .arg(format!("--net={}", common::real::NETNS))
         .arg(env!("CARGO_BIN_EXE_segment-agent"))
         .args(["serve", "--config"])
         .arg(&agent.config)
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("running a second agent");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "the second agent ran: {stderr}");
+    let t = Instant::now();
+    let status = loop {
+        if let Some(status) = twin.try_wait().unwrap() {
+            break status;
+        }
+        if t.elapsed() > Duration::from_secs(20) {
+            let _ = twin.kill();
+            let _ = twin.wait();
+            panic!("the second agent is still running after 20 s: it took the socket over");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut twin.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "the second agent ran: {stderr}");
     assert!(stderr.contains("already running"), "{stderr}");
     assert!(
         !stderr.contains("recovery done"),
