@@ -183,7 +183,26 @@ async fn docker_segments_are_idempotent_per_cluster_ca() {
         .into_inner();
     assert_eq!(s.state(), SegmentState::Running, "{s:?}");
     assert_eq!(s.docker_endpoint, format!("tcp://{}:2376", s.public_ipv4));
-    assert_eq!(s.ca_cert_pem, ca.cert_pem);
+    // Reads name the CA; only GetSegment with include_ca_cert repeats it.
+    assert_eq!(s.ca_cert_sha256, ca.sha256());
+    assert!(s.ca_cert_pem.is_empty());
+    let listed = agent
+        .client
+        .list_segments(ListSegmentsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.segments.iter().all(|s| s.ca_cert_pem.is_empty()));
+    let full = agent
+        .client
+        .get_segment(GetSegmentRequest {
+            segment_id: "d-1".into(),
+            include_ca_cert: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(full.ca_cert_pem, ca.cert_pem);
     assert!(s.server_cert_not_after.is_some());
     let etc = agent.dir.path().join("segments/d-1/etc-docker");
     for f in ["ca.pem", "server-cert.pem", "server-key.pem", "daemon.json"] {
@@ -308,6 +327,7 @@ async fn a_docker_that_never_answers_leaves_the_segment_failed_with_the_reason()
         .client
         .get_segment(GetSegmentRequest {
             segment_id: "d-1".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -362,6 +382,7 @@ async fn a_docker_that_never_answers_leaves_the_segment_failed_with_the_reason()
         .client
         .get_segment(GetSegmentRequest {
             segment_id: "d-1".into(),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -16,6 +16,7 @@ async fn get(a: &mut FakeAgent, id: &str) -> segment_agent::proto::agent::Segmen
     a.client
         .get_segment(GetSegmentRequest {
             segment_id: id.into(),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -34,7 +34,8 @@ async fn docker_answers_only_to_client_certs_of_the_cluster_ca() {
     assert_eq!(s.image, "docker");
     assert_eq!(s.docker_endpoint, format!("tcp://{ip}:2376"));
     assert_eq!(
-        s.ca_cert_pem, ca.cert_pem,
+        s.ca_cert_sha256,
+        ca.sha256(),
         "the segment names its cluster CA"
     );
     let not_after = s
@@ -362,7 +363,8 @@ async fn rebuild_with_a_new_ca_keeps_containers_address_and_volumes() {
     assert_eq!(r.public_ipv4, ip, "the address stays");
     assert_eq!(r.docker_endpoint, s.docker_endpoint);
     assert_eq!(
-        r.ca_cert_pem, new_ca.cert_pem,
+        r.ca_cert_sha256,
+        new_ca.sha256(),
         "the segment names the new CA"
     );
     assert!(r.server_cert_not_after.is_some());
@@ -411,6 +413,7 @@ async fn rebuild_with_a_new_ca_keeps_containers_address_and_volumes() {
     let got = c
         .get_segment(GetSegmentRequest {
             segment_id: "dreb-a".into(),
+            include_ca_cert: true,
         })
         .await
         .unwrap()
@@ -557,6 +560,7 @@ async fn memory_flavor_caps_containers_and_docker_reports_oom_kills() {
     let got = c
         .get_segment(GetSegmentRequest {
             segment_id: "doom-a".into(),
+            ..Default::default()
         })
         .await
         .unwrap()

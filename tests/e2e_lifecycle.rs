@@ -33,6 +33,7 @@ async fn a_segment_whose_init_is_killed_comes_back_with_its_address() {
         let s = c
             .get_segment(GetSegmentRequest {
                 segment_id: "heal-a".into(),
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -106,6 +107,7 @@ async fn a_second_agent_with_the_same_config_refuses_to_start() {
     let s = c
         .get_segment(GetSegmentRequest {
             segment_id: "twin-a".into(),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -35,6 +35,7 @@ impl SegmentManager {
             .storage_blocking(move |s| s.prepare(&sid, &image, ids))
             .await?;
         let mut record = current.record.clone();
+        let ca = std::sync::Arc::new(ca);
         record.request.ca_cert_pem = Some(ca.canonical_cert_pem());
         record.server_cert_not_after = Some(self.certify(&record, &ca, &dirs).await?);
         record.failure = None;
