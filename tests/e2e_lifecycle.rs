@@ -2,7 +2,7 @@
 //! binary against the real libvirtd. A segment whose init is killed comes
 //! back by itself with its address, through the full boot (cgroup
 //! hand-over included); a second agent with the same configuration refuses
-//! to start and touches nothing. Addresses: 203.0.113.253-.254.
+//! to start and touches nothing; the longest valid id is creatable. Addresses: 203.0.113.253-.254.
 
 mod common;
 
@@ -11,7 +11,9 @@ use common::{
     small_req,
 };
 use nix::{sys::signal::Signal, unistd::Pid};
-use segment_agent::proto::agent::{GetHostRequest, GetSegmentRequest, SegmentState};
+use segment_agent::proto::agent::{
+    DeleteSegmentRequest, GetHostRequest, GetSegmentRequest, SegmentState,
+};
 use std::{
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -118,4 +120,24 @@ async fn a_second_agent_with_the_same_config_refuses_to_start() {
     );
     assert_eq!(init_pid("seg-twin-a"), Some(init), "same init");
     assert!(agent.socket.exists());
+    // The longest valid id is creatable: seg-<id> is the segment's
+    // hostname, 64 bytes (61-63 character ids used to pass validation and
+    // fail in libvirt with "Failed to set hostname").
+    c.delete_segment(DeleteSegmentRequest {
+        segment_id: "twin-a".into(),
+    })
+    .await
+    .unwrap();
+    let longest = format!("twin-{}", "b".repeat(55));
+    let s = c
+        .create_segment(small_req(&longest, "c1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(s.state(), SegmentState::Running, "{s:?}");
+    let too_long = c
+        .create_segment(small_req(&format!("{longest}b"), "c1"))
+        .await
+        .unwrap_err();
+    assert_eq!(too_long.code(), tonic::Code::InvalidArgument);
 }

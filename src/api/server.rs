@@ -17,6 +17,32 @@ use tonic_health::pb::health_server::{Health, HealthServer};
 /// How long open calls may run on after a shutdown request.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Streams one connection may have open at once (WatchEvents included);
+/// hyper's default is unbounded.
+pub const MAX_CONCURRENT_STREAMS: u32 = 128;
+/// HTTP/2 pings on a quiet connection, and how long an answer may take:
+/// a peer that vanished (no FIN) frees its connection within 40 s.
+const KEEPALIVE: (std::time::Duration, std::time::Duration) = (
+    std::time::Duration::from_secs(30),
+    std::time::Duration::from_secs(10),
+);
+/// Connections are renewed (GOAWAY) after this long, open calls given
+/// [`CONNECTION_AGE_GRACE`]: nothing a client opens lives for ever.
+/// Watchers reconnect and get a fresh snapshot.
+const MAX_CONNECTION_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
+const CONNECTION_AGE_GRACE: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// The server's connection limits.
+fn limits(builder: Server) -> Server {
+    builder
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .http2_keepalive_interval(Some(KEEPALIVE.0))
+        .http2_keepalive_timeout(Some(KEEPALIVE.1))
+        .tcp_keepalive(Some(std::time::Duration::from_secs(60)))
+        .max_connection_age(MAX_CONNECTION_AGE)
+        .max_connection_age_grace(CONNECTION_AGE_GRACE)
+}
+
 /// Setting up a listener failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ListenError {
@@ -178,7 +204,9 @@ pub async fn serve(
     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let mut tasks = tokio::task::JoinSet::new();
     let make_router = |tls: Option<ServerTlsConfig>| -> Result<_, ListenError> {
-        let mut builder = Server::builder().layer(rpc_metrics.clone());
+        let mut builder = limits(Server::builder())
+            .layer(rpc_metrics.clone())
+            .layer(super::codes::RefusalCodesLayer);
         if let Some(tls) = tls {
             builder = builder.tls_config(tls)?;
         }

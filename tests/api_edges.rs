@@ -1,0 +1,152 @@
+//! The API's edges under hostile clients, on the real tonic server over the
+//! fakes: the id rule every valid id meets, values libvirt's XML cannot
+//! hold, bounded error messages, the CA's size, and the codes of requests
+//! refused before any handler runs.
+
+mod common;
+
+use bytes::{Buf, BufMut};
+use common::{FakeAgent, small_req};
+use segment_agent::proto::agent::{ClusterTls, GetSegmentRequest};
+use tonic::{
+    Code, Status,
+    codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
+};
+
+#[tokio::test]
+async fn ids_are_what_libvirt_and_the_kernel_accept() {
+    let mut a = FakeAgent::start("").await;
+    let longest = "a".repeat(60);
+    let s = a.create(&longest, "c1").await;
+    assert_eq!(s.segment_id, longest);
+    let e = a
+        .client
+        .create_segment(small_req(&"a".repeat(61), "c1"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("longer than 60"), "{}", e.message());
+}
+
+#[tokio::test]
+async fn label_values_xml_cannot_hold_are_invalid_arguments() {
+    let mut a = FakeAgent::start("").await;
+    for value in ["\u{FFFE}", "a\u{FFFF}b", "\u{7}", "\u{85}"] {
+        let mut req = small_req("lab", "c1");
+        req.labels.insert("k".into(), value.into());
+        let e = a.client.create_segment(req).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{value:?}: {e:?}");
+    }
+    assert!(a.hv.calls().iter().all(|c| !c.starts_with("define")));
+}
+
+#[tokio::test]
+async fn error_messages_are_bounded_whatever_the_request() {
+    let mut a = FakeAgent::start("").await;
+    let huge = "x".repeat(1 << 20);
+    let controls = "\u{1}".repeat(1 << 20);
+    for id in [huge.as_str(), controls.as_str()] {
+        let e = a
+            .client
+            .get_segment(GetSegmentRequest {
+                segment_id: id.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(e.message().len() < 1024, "{} bytes", e.message().len());
+        let mut req = small_req("ok", "c1");
+        req.labels.insert(id.into(), String::new());
+        let e = a.client.create_segment(req).await.unwrap_err();
+        assert!(e.message().len() < 1024, "{} bytes", e.message().len());
+    }
+}
+
+#[tokio::test]
+async fn a_cluster_ca_is_bounded_in_size() {
+    let mut a = FakeAgent::start("").await;
+    let mut req = small_req("big", "c1");
+    req.tls = Some(ClusterTls {
+        ca_cert_pem: "-".repeat(100_000),
+        ca_key_pem: "k".into(),
+    });
+    let e = a.client.create_segment(req).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(
+        e.message().contains("at most 65536 bytes"),
+        "{}",
+        e.message()
+    );
+    assert!(e.message().len() < 1024);
+}
+
+#[tokio::test]
+async fn an_oversized_message_is_resource_exhausted() {
+    let mut a = FakeAgent::start("").await;
+    let e = a
+        .client
+        .get_segment(GetSegmentRequest {
+            segment_id: "x".repeat(5 << 20),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+}
+
+/// Sends bytes as they are, reads the reply's bytes.
+#[derive(Default)]
+struct Raw;
+
+impl Codec for Raw {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = Raw;
+    type Decoder = Raw;
+    fn encoder(&mut self) -> Raw {
+        Raw
+    }
+    fn decoder(&mut self) -> Raw {
+        Raw
+    }
+}
+
+impl Encoder for Raw {
+    type Item = Vec<u8>;
+    type Error = Status;
+    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl Decoder for Raw {
+    type Item = Vec<u8>;
+    type Error = Status;
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Status> {
+        let mut out = vec![0; src.remaining()];
+        src.copy_to_slice(&mut out);
+        Ok(Some(out))
+    }
+}
+
+#[tokio::test]
+async fn a_message_that_does_not_decode_is_an_invalid_argument() {
+    let a = FakeAgent::start("").await;
+    let channel = common::unix_channel(&a.dir.path().join("agent.sock")).await;
+    let mut grpc = tonic::client::Grpc::new(channel);
+    for method in ["GetSegment", "CreateSegment", "GetHost"] {
+        grpc.ready().await.unwrap();
+        let path = format!("/segment.agent.v1.SegmentAgent/{method}");
+        let e = grpc
+            .unary(
+                tonic::Request::new(vec![0xff, 0xff, 0xff, 0xff]),
+                path.parse().unwrap(),
+                Raw,
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{method}: {e:?}");
+    }
+}
