@@ -471,7 +471,9 @@ async fn stop_and_start_bring_back_restart_always_containers_only() {
         .into_inner();
     assert_eq!(started.state(), SegmentState::Running, "{started:?}");
     assert_eq!(started.public_ipv4, ip);
-    cli.wait_until_answers(Duration::from_secs(60));
+    // RUNNING means Docker answers, as after CreateSegment: no waiting here.
+    let version = cli.run(&["version", "--format", "{{.Server.Version}}"]);
+    assert_eq!(version.code, Some(0), "Docker answers at once: {version:?}");
 
     // dockerd restarts the `always` container; the plain one stays down.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -493,6 +495,40 @@ async fn stop_and_start_bring_back_restart_always_containers_only() {
         "back",
         "the restarted container works"
     );
+
+    // Its init killed behind everyone's back: the agent brings the segment
+    // back by itself, and Docker its `always` container.
+    let before = cli.inspect("{{.State.StartedAt}}", "always");
+    let init = init_pid("seg-dpow-a").expect("init");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(init as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = c
+            .get_segment(GetSegmentRequest {
+                segment_id: "dpow-a".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let back = s.restarts == 1 && s.state() == SegmentState::Running;
+        let always = cli.run(&["inspect", "-f", "{{.State.StartedAt}}", "always"]);
+        if back && always.success && always.stdout.trim() != before {
+            assert_eq!(s.public_ipv4, ip, "same address");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not back: {s:?}\n{}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(cli.ok(&["exec", "always", "echo", "back"]), "back");
 }
 
 #[tokio::test]
