@@ -150,3 +150,52 @@ async fn a_message_that_does_not_decode_is_an_invalid_argument() {
         assert_eq!(e.code(), Code::InvalidArgument, "{method}: {e:?}");
     }
 }
+
+#[tokio::test]
+async fn a_domain_that_vanished_behind_the_agents_back_is_a_failed_precondition() {
+    use segment_agent::{hypervisor::Hypervisor, proto::agent::StartSegmentRequest};
+    let mut a = FakeAgent::start("").await;
+    a.create("gone", "c1").await;
+    a.hv.destroy("seg-gone").unwrap();
+    a.hv.undefine("seg-gone").unwrap();
+    let e = a
+        .client
+        .start_segment(StartSegmentRequest {
+            segment_id: "gone".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("seg-gone"), "{}", e.message());
+}
+
+#[tokio::test]
+async fn one_connection_holds_a_bounded_number_of_streams() {
+    use segment_agent::{api::server::MAX_CONCURRENT_STREAMS, proto::agent::WatchEventsRequest};
+    use std::time::Duration;
+    let a = FakeAgent::start("").await;
+    let mut client = a.client.clone();
+    let mut held = Vec::new();
+    for _ in 0..MAX_CONCURRENT_STREAMS {
+        let stream = client
+            .watch_events(WatchEventsRequest::default())
+            .await
+            .unwrap();
+        held.push(stream);
+    }
+    // One more waits for a free stream: the server does not hold it.
+    let more = client.watch_events(WatchEventsRequest::default());
+    tokio::pin!(more);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), &mut more)
+            .await
+            .is_err(),
+        "stream {} was accepted",
+        MAX_CONCURRENT_STREAMS + 1
+    );
+    held.pop();
+    tokio::time::timeout(Duration::from_secs(5), more)
+        .await
+        .expect("a freed stream is reused")
+        .unwrap();
+}
