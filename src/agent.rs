@@ -220,12 +220,16 @@ pub async fn follow_libvirt_health(
 }
 
 /// Publishes state changes the agent did not make itself (a segment that
-/// crashed or was stopped behind its back) to `WatchEvents`.
+/// crashed or was stopped behind its back) to `WatchEvents`, and restarts
+/// segments whose init died.
 pub async fn observe_segments(manager: Arc<SegmentManager>, every: Duration) {
     loop {
         tokio::time::sleep(every).await;
         if let Err(e) = manager.observe_all().await {
             tracing::debug!(error = %e, "observing segments");
+        }
+        if let Err(e) = manager.heal().await {
+            tracing::debug!(error = %e, "healing segments");
         }
     }
 }

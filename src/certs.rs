@@ -9,6 +9,8 @@
 //! Every [`CaError`] is a fault in the request (gRPC `INVALID_ARGUMENT`); its
 //! message names the field at fault.
 
+mod tls_check;
+
 use std::fmt;
 use std::fs::{self, File, Permissions};
 use std::io::{self, Write};
@@ -64,8 +66,14 @@ pub enum CaError {
     },
     /// rcgen cannot copy the subject byte for byte into issued certificates
     /// (repeated or multi-valued attributes): they would not chain to it.
-    #[error("ca_cert_pem subject {0:?} cannot be copied into issued certificates exactly")]
+    #[error("ca_cert_pem subject {} cannot be copied into issued certificates exactly",
+        crate::segment::spec::echo(.0))]
     UnsupportedSubject(String),
+    /// The TLS stack that will verify what the CA issues (rustls) refuses
+    /// a certificate issued from it.
+    #[error("ca_cert_pem is refused by the agent's TLS client: {}",
+        crate::segment::spec::echo(.0))]
+    RejectedByTls(String),
 }
 
 /// Why a certificate could not be issued from an already validated CA.
@@ -134,7 +142,8 @@ impl ClusterCa {
     /// SEC1 key (EC P-256, P-384, Ed25519, RSA 2048-4096). Checks, in order:
     /// both parse, the key matches, basicConstraints CA:TRUE, keyCertSign if
     /// keyUsage is present, validity covers `now` (give or take the 5 minutes
-    /// of skew at its start), the subject can be copied.
+    /// of skew at its start), the subject can be copied, and rustls accepts
+    /// a certificate issued from it (the stack that will verify them).
     pub fn from_pem(ca_cert_pem: &str, ca_key_pem: &str, now: SystemTime) -> Result<Self, CaError> {
         let der = parse_certificate_pem(ca_cert_pem)?;
         let cert = parse_certificate(&der)?;
@@ -150,14 +159,16 @@ impl ClusterCa {
         if !issuer_name_round_trips(&issuer, cert.subject().as_raw()) {
             return Err(CaError::UnsupportedSubject(subject));
         }
-        Ok(Self {
+        let ca = Self {
             issuer,
             cert_pem: pem_encode("CERTIFICATE", &der),
             fingerprint: hex(digest(&SHA256, &der).as_ref()),
             subject,
             not_before,
             not_after,
-        })
+        };
+        tls_check::accepted_by_rustls(&ca, now)?;
+        Ok(ca)
     }
 
     /// The CA certificate, re-encoded as one clean PEM block (for `ca.pem`).
@@ -533,6 +544,13 @@ fn rfc3339(t: SystemTime) -> String {
         .ok()
         .and_then(|t| t.format(&Rfc3339).ok())
         .unwrap_or_else(|| format!("{} s after the Unix epoch", unix_secs(t)))
+}
+
+/// Lowercase hex SHA-256 of a PEM certificate's DER, as
+/// [`ClusterCa::fingerprint`]; `None` if it does not parse.
+pub fn pem_fingerprint(cert_pem: &str) -> Option<String> {
+    let der = pem::parse(cert_pem).ok()?;
+    Some(hex(digest(&SHA256, der.contents()).as_ref()))
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -120,9 +120,9 @@ impl EventHub {
         if previous.is_some_and(|k| generation < k.generation) {
             return false;
         }
-        let changed = previous
-            .and_then(|k| k.segment.as_ref())
-            .is_none_or(|s| s.state != segment.state);
+        let changed = previous.and_then(|k| k.segment.as_ref()).is_none_or(|s| {
+            s.state != segment.state || s.record.restarts != segment.record.restarts
+        });
         last.insert(
             id,
             Known {

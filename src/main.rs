@@ -121,6 +121,9 @@ fn check(path: &Path) -> anyhow::Result<ExitCode> {
 
 #[tokio::main]
 async fn serve(config: Config) -> anyhow::Result<ExitCode> {
+    // Before anything changes: a second agent must not recover, sweep or
+    // start what the running one manages.
+    segment_agent::api::server::refuse_if_answered(&config.listen.socket)?;
     let host = HostFacts::read("/proc".as_ref(), &config.host_id)?;
     let mut settings = agent::settings(&config)?;
     let c = config.clone();

@@ -39,6 +39,7 @@ async fn create_get_list_delete() {
         .client
         .get_segment(GetSegmentRequest {
             segment_id: "web-1".into(),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -81,6 +82,7 @@ async fn create_get_list_delete() {
         .client
         .get_segment(GetSegmentRequest {
             segment_id: "web-1".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -120,6 +122,7 @@ async fn invalid_arguments_are_refused_before_anything_happens() {
             .client
             .get_segment(GetSegmentRequest {
                 segment_id: id.into(),
+                ..Default::default()
             })
             .await
             .unwrap_err();
@@ -327,6 +330,7 @@ async fn libvirt_down_is_unavailable() {
         .client
         .get_segment(GetSegmentRequest {
             segment_id: "web-1".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -666,6 +670,7 @@ async fn a_create_whose_caller_hangs_up_still_completes() {
         .client
         .get_segment(GetSegmentRequest {
             segment_id: "web-1".into(),
+            ..Default::default()
         })
         .await
         .unwrap()

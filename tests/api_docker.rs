@@ -9,6 +9,7 @@ use common::{
     FakeAgent, create_req,
     docker::{TestCa, docker_req},
 };
+use segment_agent::events::EventKind;
 use segment_agent::proto::agent::{
     ClusterTls, GetSegmentRequest, ListSegmentsRequest, RebuildSegmentRequest, SegmentState,
     StartSegmentRequest, StopSegmentRequest,
@@ -182,7 +183,26 @@ async fn docker_segments_are_idempotent_per_cluster_ca() {
         .into_inner();
     assert_eq!(s.state(), SegmentState::Running, "{s:?}");
     assert_eq!(s.docker_endpoint, format!("tcp://{}:2376", s.public_ipv4));
-    assert_eq!(s.ca_cert_pem, ca.cert_pem);
+    // Reads name the CA; only GetSegment with include_ca_cert repeats it.
+    assert_eq!(s.ca_cert_sha256, ca.sha256());
+    assert!(s.ca_cert_pem.is_empty());
+    let listed = agent
+        .client
+        .list_segments(ListSegmentsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.segments.iter().all(|s| s.ca_cert_pem.is_empty()));
+    let full = agent
+        .client
+        .get_segment(GetSegmentRequest {
+            segment_id: "d-1".into(),
+            include_ca_cert: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(full.ca_cert_pem, ca.cert_pem);
     assert!(s.server_cert_not_after.is_some());
     let etc = agent.dir.path().join("segments/d-1/etc-docker");
     for f in ["ca.pem", "server-cert.pem", "server-key.pem", "daemon.json"] {
@@ -268,16 +288,30 @@ async fn rebuild_applies_to_docker_segments_only() {
 
 #[tokio::test]
 async fn a_docker_that_never_answers_leaves_the_segment_failed_with_the_reason() {
-    let (mut agent, _tools) = docker_agent(false, true).await;
+    let (mut agent, tools) = docker_agent(false, true).await;
     let ca = TestCa::new("cluster");
+    let mut events = agent.manager.events().subscribe();
     let started = Instant::now();
-    let s = agent
-        .client
-        .create_segment(docker_req("d-1", &ca, 256))
-        .await
-        .unwrap()
-        .into_inner();
+    let create = agent.client.create_segment(docker_req("d-1", &ca, 256));
+    // The observer runs while the create waits for Docker.
+    let observer = async {
+        for _ in 0..8 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            agent.manager.observe_all().await.unwrap();
+        }
+    };
+    let (s, ()) = tokio::join!(create, observer);
+    let s = s.unwrap().into_inner();
     let took = started.elapsed();
+    let mut kinds = Vec::new();
+    while let Ok(e) = events.try_recv() {
+        kinds.push(e.kind);
+    }
+    assert_eq!(
+        kinds,
+        [EventKind::Created, EventKind::Failed],
+        "never RUNNING before Docker answers"
+    );
     assert_eq!(s.state(), SegmentState::Failed, "{s:?}");
     assert!(
         s.state_reason.contains("/_ping") && s.state_reason.contains(":2376"),
@@ -293,6 +327,7 @@ async fn a_docker_that_never_answers_leaves_the_segment_failed_with_the_reason()
         .client
         .get_segment(GetSegmentRequest {
             segment_id: "d-1".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -316,13 +351,44 @@ async fn a_docker_that_never_answers_leaves_the_segment_failed_with_the_reason()
     let start = StartSegmentRequest {
         segment_id: "d-1".into(),
     };
+    let t = Instant::now();
     let started = agent
         .client
         .start_segment(start)
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(started.state(), SegmentState::Running);
+    // Like Create: StartSegment waits for Docker, and says it never answered.
+    assert_eq!(started.state(), SegmentState::Failed, "{started:?}");
+    assert!(
+        started.state_reason.contains("/_ping"),
+        "{}",
+        started.state_reason
+    );
+    assert!(
+        t.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        t.elapsed()
+    );
+    // The reason survives an agent restart (it lives in libvirt's metadata).
+    let extra = format!(
+        "[docker]\ntools_dir = {:?}\nready_timeout_seconds = 1\n",
+        tools.path().display().to_string()
+    );
+    let (hv, dir) = agent.shut_down().await;
+    let probe = common::FakeProbe { ready: false };
+    let mut again = FakeAgent::start_with_probe_over(hv, dir, &extra, probe).await;
+    let got = again
+        .client
+        .get_segment(GetSegmentRequest {
+            segment_id: "d-1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.state(), SegmentState::Failed, "{got:?}");
+    assert!(got.state_reason.contains("/_ping"), "{}", got.state_reason);
 }
 
 #[tokio::test]

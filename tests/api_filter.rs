@@ -91,6 +91,7 @@ async fn a_port_the_filter_refuses_never_starts() {
         .client
         .get_segment(GetSegmentRequest {
             segment_id: "web-1".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -123,6 +124,7 @@ async fn a_port_the_filter_refuses_never_starts() {
         .client
         .get_segment(GetSegmentRequest {
             segment_id: "web-2".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -208,6 +210,7 @@ async fn agent_start_puts_every_port_back_before_starting_anything() {
         .client
         .get_segment(GetSegmentRequest {
             segment_id: "web-1".into(),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -34,7 +34,8 @@ async fn docker_answers_only_to_client_certs_of_the_cluster_ca() {
     assert_eq!(s.image, "docker");
     assert_eq!(s.docker_endpoint, format!("tcp://{ip}:2376"));
     assert_eq!(
-        s.ca_cert_pem, ca.cert_pem,
+        s.ca_cert_sha256,
+        ca.sha256(),
         "the segment names its cluster CA"
     );
     let not_after = s
@@ -362,7 +363,8 @@ async fn rebuild_with_a_new_ca_keeps_containers_address_and_volumes() {
     assert_eq!(r.public_ipv4, ip, "the address stays");
     assert_eq!(r.docker_endpoint, s.docker_endpoint);
     assert_eq!(
-        r.ca_cert_pem, new_ca.cert_pem,
+        r.ca_cert_sha256,
+        new_ca.sha256(),
         "the segment names the new CA"
     );
     assert!(r.server_cert_not_after.is_some());
@@ -411,6 +413,7 @@ async fn rebuild_with_a_new_ca_keeps_containers_address_and_volumes() {
     let got = c
         .get_segment(GetSegmentRequest {
             segment_id: "dreb-a".into(),
+            include_ca_cert: true,
         })
         .await
         .unwrap()
@@ -468,7 +471,9 @@ async fn stop_and_start_bring_back_restart_always_containers_only() {
         .into_inner();
     assert_eq!(started.state(), SegmentState::Running, "{started:?}");
     assert_eq!(started.public_ipv4, ip);
-    cli.wait_until_answers(Duration::from_secs(60));
+    // RUNNING means Docker answers, as after CreateSegment: no waiting here.
+    let version = cli.run(&["version", "--format", "{{.Server.Version}}"]);
+    assert_eq!(version.code, Some(0), "Docker answers at once: {version:?}");
 
     // dockerd restarts the `always` container; the plain one stays down.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -490,6 +495,40 @@ async fn stop_and_start_bring_back_restart_always_containers_only() {
         "back",
         "the restarted container works"
     );
+
+    // Its init killed behind everyone's back: the agent brings the segment
+    // back by itself, and Docker its `always` container.
+    let before = cli.inspect("{{.State.StartedAt}}", "always");
+    let init = init_pid("seg-dpow-a").expect("init");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(init as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = c
+            .get_segment(GetSegmentRequest {
+                segment_id: "dpow-a".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let back = s.restarts == 1 && s.state() == SegmentState::Running;
+        let always = cli.run(&["inspect", "-f", "{{.State.StartedAt}}", "always"]);
+        if back && always.success && always.stdout.trim() != before {
+            assert_eq!(s.public_ipv4, ip, "same address");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not back: {s:?}\n{}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(cli.ok(&["exec", "always", "echo", "back"]), "back");
 }
 
 #[tokio::test]
@@ -557,6 +596,7 @@ async fn memory_flavor_caps_containers_and_docker_reports_oom_kills() {
     let got = c
         .get_segment(GetSegmentRequest {
             segment_id: "doom-a".into(),
+            ..Default::default()
         })
         .await
         .unwrap()

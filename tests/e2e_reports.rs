@@ -50,6 +50,7 @@ async fn reports_reach_the_control_plane_and_its_outage_costs_nothing() {
     let s = c
         .get_segment(segment_agent::proto::agent::GetSegmentRequest {
             segment_id: "rep-a".into(),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -216,6 +216,7 @@ async fn delete_leaves_no_domain_rootfs_or_address() {
     let e = c
         .get_segment(GetSegmentRequest {
             segment_id: "del-a".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -320,6 +321,7 @@ async fn agent_killed_in_the_middle_of_creates_recovers_cleanly() {
         match c
             .get_segment(GetSegmentRequest {
                 segment_id: id.clone(),
+                ..Default::default()
             })
             .await
         {
@@ -493,6 +495,7 @@ async fn segments_come_back_after_a_host_reboot() {
     let again = c
         .get_segment(GetSegmentRequest {
             segment_id: "boot-a".into(),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -68,6 +68,7 @@ async fn metrics_follow_rpcs_creates_and_segments() {
         .client
         .get_segment(GetSegmentRequest {
             segment_id: "nope".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();

@@ -175,6 +175,11 @@ async fn watch_events_starts_with_a_snapshot_then_follows_changes() {
         next(&mut all).await,
         (Failed, "old".into(), SegmentState::Failed)
     );
+    // ... and it is restarted: its init died, it should run.
+    assert_eq!(
+        next(&mut all).await,
+        (Running, "old".into(), SegmentState::Running)
+    );
     a.client
         .delete_segment(DeleteSegmentRequest {
             segment_id: "new".into(),
@@ -188,12 +193,14 @@ async fn watch_events_starts_with_a_snapshot_then_follows_changes() {
     assert_eq!(next(&mut all).await.0, Deleted);
     // The c1 watcher saw the same c1 events and nothing of c2.
     let mut c1_kinds = Vec::new();
-    for _ in 0..6 {
+    for _ in 0..7 {
         c1_kinds.push(next(&mut c1).await.0);
     }
     assert_eq!(
         c1_kinds,
-        [Created, Running, Stopped, Failed, Deleting, Deleted]
+        [
+            Created, Running, Stopped, Failed, Running, Deleting, Deleted
+        ]
     );
 }
 

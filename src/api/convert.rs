@@ -12,11 +12,28 @@ use crate::{
 };
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Validates the cluster CA of a request; the key stays in memory.
+/// Largest `ca_cert_pem` or `ca_key_pem` accepted: a CA certificate is a
+/// few KiB, an RSA-4096 key about 3.3 KiB. The CA is kept with the segment
+/// (libvirt's metadata, the agent's memory), so it is bounded here.
+pub const MAX_CA_PEM_BYTES: usize = 64 * 1024;
+
+/// Validates the cluster CA of a request; the key stays in memory. Blocks
+/// (parsing, a signature): call it off the async runtime.
 pub fn cluster_ca(tls: Option<pb::ClusterTls>) -> Result<Option<ClusterCa>, InvalidArgument> {
     match tls {
         None => Ok(None),
         Some(t) if t.ca_cert_pem.is_empty() && t.ca_key_pem.is_empty() => Ok(None),
+        Some(t) if t.ca_cert_pem.len().max(t.ca_key_pem.len()) > MAX_CA_PEM_BYTES => {
+            Err(InvalidArgument::new(
+                "tls",
+                format!(
+                    "ca_cert_pem ({} bytes) and ca_key_pem ({} bytes) must be at most \
+                     {MAX_CA_PEM_BYTES} bytes each",
+                    t.ca_cert_pem.len(),
+                    t.ca_key_pem.len()
+                ),
+            ))
+        }
         Some(t) => ClusterCa::from_pem(&t.ca_cert_pem, &t.ca_key_pem, SystemTime::now())
             .map(Some)
             .map_err(|e| InvalidArgument::new("tls", e.to_string())),
@@ -138,8 +155,16 @@ impl From<Segment> for pb::Segment {
             created_at: Some(timestamp(r.created_at)),
             state_reason: s.reason,
             docker_endpoint,
-            ca_cert_pem: r.request.ca_cert_pem.unwrap_or_default(),
+            // Only GetSegment with include_ca_cert repeats the CA itself.
+            ca_cert_pem: String::new(),
+            ca_cert_sha256: r
+                .request
+                .ca_cert_pem
+                .as_deref()
+                .and_then(crate::certs::pem_fingerprint)
+                .unwrap_or_default(),
             server_cert_not_after: r.server_cert_not_after.map(timestamp),
+            restarts: r.restarts,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! values, call one [`SegmentManager`](crate::segment::SegmentManager)
 //! method, and convert back. No libvirt, nix or filesystem calls here.
 
+pub mod codes;
 pub mod convert;
 pub mod events;
 pub mod segments;

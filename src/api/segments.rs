@@ -93,13 +93,25 @@ where
     .map_err(|e| Status::internal(format!("operation task failed: {e}")))?
 }
 
+/// Runs a conversion that parses and verifies certificates (a signature
+/// with an RSA-4096 CA takes milliseconds) on the blocking pool, so reads
+/// never wait behind it.
+async fn off_runtime<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(format!("validation task failed: {e}")))
+}
+
 #[tonic::async_trait]
 impl SegmentAgent for SegmentAgentService {
     async fn create_segment(
         &self,
         request: Request<pb::CreateSegmentRequest>,
     ) -> Reply<pb::Segment> {
-        let (req, ca) = convert::create_request(request.into_inner(), self.manager.settings())?;
+        let (inner, settings) = (request.into_inner(), self.manager.settings().clone());
+        let (req, ca) = off_runtime(move || convert::create_request(inner, &settings)).await??;
         let what = Op {
             operation: "create",
             segment_id: req.id.to_string(),
@@ -113,8 +125,15 @@ impl SegmentAgent for SegmentAgentService {
     }
 
     async fn get_segment(&self, request: Request<pb::GetSegmentRequest>) -> Reply<pb::Segment> {
-        let id = convert::segment_id(&request.into_inner().segment_id)?;
-        Ok(Response::new(self.manager.get(&id).await?.into()))
+        let request = request.into_inner();
+        let id = convert::segment_id(&request.segment_id)?;
+        let segment = self.manager.get(&id).await?;
+        let ca = segment.record.request.ca_cert_pem.clone();
+        let mut reply: pb::Segment = segment.into();
+        if request.include_ca_cert {
+            reply.ca_cert_pem = ca.unwrap_or_default();
+        }
+        Ok(Response::new(reply))
     }
 
     async fn list_segments(
@@ -171,7 +190,8 @@ impl SegmentAgent for SegmentAgentService {
         &self,
         request: Request<pb::RebuildSegmentRequest>,
     ) -> Reply<pb::Segment> {
-        let (id, ca) = convert::rebuild_request(request.into_inner())?;
+        let inner = request.into_inner();
+        let (id, ca) = off_runtime(move || convert::rebuild_request(inner)).await??;
         let what = Op::on(&self.manager, "rebuild", &id);
         let segment = detached(&self.manager, what, move |m| async move {
             m.rebuild(&id, ca).await

@@ -17,6 +17,32 @@ use tonic_health::pb::health_server::{Health, HealthServer};
 /// How long open calls may run on after a shutdown request.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Streams one connection may have open at once (WatchEvents included);
+/// hyper's default is unbounded.
+pub const MAX_CONCURRENT_STREAMS: u32 = 128;
+/// HTTP/2 pings on a quiet connection, and how long an answer may take:
+/// a peer that vanished (no FIN) frees its connection within 40 s.
+const KEEPALIVE: (std::time::Duration, std::time::Duration) = (
+    std::time::Duration::from_secs(30),
+    std::time::Duration::from_secs(10),
+);
+/// Connections are renewed (GOAWAY) after this long, open calls given
+/// [`CONNECTION_AGE_GRACE`]: nothing a client opens lives for ever.
+/// Watchers reconnect and get a fresh snapshot.
+const MAX_CONNECTION_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
+const CONNECTION_AGE_GRACE: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// The server's connection limits.
+fn limits(builder: Server) -> Server {
+    builder
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .http2_keepalive_interval(Some(KEEPALIVE.0))
+        .http2_keepalive_timeout(Some(KEEPALIVE.1))
+        .tcp_keepalive(Some(std::time::Duration::from_secs(60)))
+        .max_connection_age(MAX_CONNECTION_AGE)
+        .max_connection_age_grace(CONNECTION_AGE_GRACE)
+}
+
 /// Setting up a listener failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ListenError {
@@ -36,6 +62,56 @@ pub enum ListenError {
     /// Reflection set-up.
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// Another process (another agent with this configuration) serves there.
+    #[error(
+        "another process answers on {0}: an agent with this configuration is already running; \
+         stop it first (this one touched nothing)"
+    )]
+    InUse(String),
+}
+
+/// Fails when something answers on the unix socket `path`: two agents over
+/// one libvirt, one state dir and two address pools would hand out the same
+/// addresses. Run before anything else at start (recovery changes things).
+pub fn refuse_if_answered(path: &Path) -> Result<(), ListenError> {
+    if path.as_os_str().is_empty() {
+        return Ok(());
+    }
+    match std::os::unix::net::UnixStream::connect(path) {
+        Ok(_) => Err(ListenError::InUse(path.display().to_string())),
+        // Refused (a stale file) or absent: nobody serves there.
+        Err(_) => Ok(()),
+    }
+}
+
+/// The socket file this agent bound, by device and inode: at exit it removes
+/// the path only while the path is still that file.
+struct OwnedSocket {
+    path: PathBuf,
+    id: (u64, u64),
+}
+
+impl OwnedSocket {
+    fn of(path: &Path) -> std::io::Result<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::symlink_metadata(path)?;
+        Ok(Self {
+            path: path.to_owned(),
+            id: (m.dev(), m.ino()),
+        })
+    }
+
+    fn remove(&self) {
+        use std::os::unix::fs::MetadataExt;
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(m) if (m.dev(), m.ino()) == self.id => {
+                let _ = std::fs::remove_file(&self.path);
+            }
+            Ok(_) => tracing::warn!(socket = %self.path.display(),
+                "the socket path is another process's now; leaving it"),
+            Err(_) => {}
+        }
+    }
 }
 
 fn io(what: &'static str, path: impl Into<String>) -> impl FnOnce(std::io::Error) -> ListenError {
@@ -45,17 +121,18 @@ fn io(what: &'static str, path: impl Into<String>) -> impl FnOnce(std::io::Error
 
 /// Bound listeners, ready to serve.
 pub struct Listeners {
-    unix: Option<(UnixListener, PathBuf)>,
+    unix: Option<(UnixListener, OwnedSocket)>,
     tcp: Option<(TcpListener, Option<ServerTlsConfig>)>,
 }
 
 impl Listeners {
-    /// Binds what `config` asks for. A stale socket file is replaced.
+    /// Binds what `config` asks for. A stale socket file is replaced; one
+    /// that answers is another agent's ([`ListenError::InUse`]).
     pub async fn bind(config: &ListenConfig) -> Result<Self, ListenError> {
         let unix = if config.socket.as_os_str().is_empty() {
             None
         } else {
-            Some((bind_unix(&config.socket)?, config.socket.clone()))
+            Some(bind_unix(&config.socket)?)
         };
         let tcp = match config.tcp {
             None => None,
@@ -75,11 +152,12 @@ impl Listeners {
     }
 }
 
-fn bind_unix(path: &Path) -> Result<UnixListener, ListenError> {
+fn bind_unix(path: &Path) -> Result<(UnixListener, OwnedSocket), ListenError> {
     let shown = path.display().to_string();
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io("create", dir.display().to_string()))?;
     }
+    refuse_if_answered(path)?;
     match std::fs::remove_file(path) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -87,8 +165,9 @@ fn bind_unix(path: &Path) -> Result<UnixListener, ListenError> {
     }
     let listener = UnixListener::bind(path).map_err(io("bind", shown.clone()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(io("chmod", shown))?;
-    Ok(listener)
+        .map_err(io("chmod", shown.clone()))?;
+    let owned = OwnedSocket::of(path).map_err(io("stat", shown))?;
+    Ok((listener, owned))
 }
 
 fn tls_config(config: &ListenConfig) -> Result<Option<ServerTlsConfig>, ListenError> {
@@ -125,7 +204,9 @@ pub async fn serve(
     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let mut tasks = tokio::task::JoinSet::new();
     let make_router = |tls: Option<ServerTlsConfig>| -> Result<_, ListenError> {
-        let mut builder = Server::builder().layer(rpc_metrics.clone());
+        let mut builder = limits(Server::builder())
+            .layer(rpc_metrics.clone())
+            .layer(super::codes::RefusalCodesLayer);
         if let Some(tls) = tls {
             builder = builder.tls_config(tls)?;
         }
@@ -144,7 +225,7 @@ pub async fn serve(
                     let _ = stop.recv().await;
                 })
                 .await;
-            let _ = std::fs::remove_file(path);
+            path.remove();
             r
         });
     }

@@ -1,6 +1,10 @@
 //! The one place where domain errors become gRPC status codes.
 
-use crate::segment::{Error, spec::InvalidArgument};
+use crate::{
+    certs::CertError,
+    hypervisor::HvError,
+    segment::{Error, spec::InvalidArgument},
+};
 use tonic::{Code, Status};
 
 impl From<Error> for Status {
@@ -12,6 +16,12 @@ impl From<Error> for Status {
             Error::ResourceExhausted(_) => Code::ResourceExhausted,
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::Unavailable(_) => Code::Unavailable,
+            // The domain went away behind the agent's back (virsh undefine):
+            // the segment exists for the agent, not in a state to act on.
+            Error::Hypervisor(HvError::NoDomain(_)) => Code::FailedPrecondition,
+            // The CA expired since it was validated: the scheduler sends a new one.
+            Error::Certificate(_, CertError::CaExpired { .. }) => Code::FailedPrecondition,
+            Error::Certificate(..) => Code::Internal,
             Error::Hypervisor(_) | Error::Storage(_) | Error::Internal(_) => Code::Internal,
         };
         Status::new(code, e.to_string())
@@ -27,7 +37,8 @@ impl From<InvalidArgument> for Status {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{hypervisor::HvError, segment::spec::SegmentId};
+    use crate::segment::spec::SegmentId;
+    use std::time::SystemTime;
 
     #[test]
     fn codes_per_variant() {
@@ -64,6 +75,23 @@ mod tests {
                     message: "x".into(),
                 }
                 .into(),
+                Code::Internal,
+            ),
+            (
+                HvError::NoDomain("seg-a".into()).into(),
+                Code::FailedPrecondition,
+            ),
+            (
+                Error::Certificate(
+                    "x",
+                    CertError::CaExpired {
+                        not_after: SystemTime::UNIX_EPOCH,
+                    },
+                ),
+                Code::FailedPrecondition,
+            ),
+            (
+                Error::Certificate("x", CertError::ZeroValidity),
                 Code::Internal,
             ),
         ];

@@ -116,6 +116,12 @@ pub const SEGMENT_FAMILIES: &[SegmentFamily] = &[
         kind: MetricType::Gauge,
         value: |s| s.segment.record.server_cert_not_after.map(epoch_seconds),
     },
+    SegmentFamily {
+        name: "segment_agent_segment_restarts",
+        help: "Times the agent restarted the segment after its init died",
+        kind: MetricType::Counter,
+        value: |s| Some(f64::from(s.segment.record.restarts)),
+    },
 ];
 
 /// Labels of a segment: `segment_id`, `cluster_id`.

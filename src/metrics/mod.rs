@@ -190,6 +190,7 @@ impl AgentMetrics {
             ("adopted", report.adopted),
             ("started", report.started),
             ("deletes_finished", report.deletes_finished),
+            ("stops_finished", report.stops_finished),
             ("orphans_removed", report.orphans_removed),
             ("foreign", report.foreign),
         ] {

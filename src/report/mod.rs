@@ -219,5 +219,6 @@ fn segment_health(sample: SegmentSample) -> pb::SegmentHealth {
         docker_ready,
         docker_reason,
         server_cert_not_after: r.server_cert_not_after.map(timestamp),
+        restarts: r.restarts,
     }
 }

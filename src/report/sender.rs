@@ -165,7 +165,10 @@ pub async fn run(
 }
 
 /// Sleeps `wait`, or less when a segment changes state and the control
-/// plane is reachable (then after [`COALESCE`], draining the burst).
+/// plane is reachable (then after [`COALESCE`], draining the burst). While
+/// it is not, changes are still read and dropped: an unread subscription
+/// would hold the hub's whole backlog (every event a full segment) for as
+/// long as the control plane stays away.
 async fn wait_for_next(
     changes: &mut broadcast::Receiver<crate::events::Event>,
     wait: Duration,
@@ -173,15 +176,21 @@ async fn wait_for_next(
 ) {
     let deadline = tokio::time::sleep(wait);
     tokio::pin!(deadline);
-    tokio::select! {
-        _ = &mut deadline => {}
-        changed = changes.recv(), if early => {
-            if let Err(broadcast::error::RecvError::Closed) = changed {
-                deadline.await;
-                return;
+    loop {
+        tokio::select! {
+            _ = &mut deadline => return,
+            changed = changes.recv() => match changed {
+                Err(broadcast::error::RecvError::Closed) => {
+                    deadline.await;
+                    return;
+                }
+                _ if early => {
+                    tokio::time::sleep(COALESCE).await;
+                    while changes.try_recv().is_ok() {}
+                    return;
+                }
+                _ => {}
             }
-            tokio::time::sleep(COALESCE).await;
-            while changes.try_recv().is_ok() {}
         }
     }
 }
@@ -189,6 +198,36 @@ async fn wait_for_next(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn changes_are_read_while_the_control_plane_is_unreachable() {
+        use crate::segment::{Segment, SegmentState};
+        let hub = crate::events::EventHub::new(1024);
+        let mut sub = hub.subscribe();
+        let record = crate::xml::metadata::tests::sample_record();
+        let publish = async {
+            for i in 0..200 {
+                let state = match i % 2 {
+                    0 => SegmentState::Running,
+                    _ => SegmentState::Failed,
+                };
+                let segment = Segment {
+                    record: record.clone(),
+                    state,
+                    reason: String::new(),
+                };
+                hub.observe(&segment, hub.generation());
+                tokio::task::yield_now().await;
+            }
+        };
+        let wait = wait_for_next(&mut sub, Duration::from_millis(300), false);
+        tokio::join!(wait, publish);
+        assert!(
+            sub.is_empty(),
+            "{} events held for an unreachable control plane",
+            sub.len()
+        );
+    }
 
     #[test]
     fn backoff_doubles_to_a_cap_with_bounded_jitter() {

@@ -16,7 +16,10 @@ use crate::{
     storage::SegmentDirs,
     xml::{DomainSpec, NetworkInterface},
 };
-use std::time::{Duration, Instant, SystemTime};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
 use tracing::{info, instrument, warn};
 
 impl SegmentManager {
@@ -41,7 +44,7 @@ impl SegmentManager {
             .map_err(Error::FailedPrecondition)?;
         self.refuse_foreign_domain(&request.id).await?;
         let image = self.resolve_image(&request.image).await?;
-        let ca = self.docker_precondition(&image, ca).await?;
+        let ca = self.docker_precondition(&image, ca).await?.map(Arc::new);
         if !image.docker {
             request.ca_cert_pem = None;
         }
@@ -53,18 +56,20 @@ impl SegmentManager {
             Ok(record) => record,
             Err(e) => {
                 warn!(error = %e, "create failed; undoing it");
-                self.undo_create(&record).await;
+                self.undo_create(&record, &e).await;
                 self.announce(&record.request.id).await;
                 return Err(e);
             }
         };
-        self.registry.update(&record.request.id, |e| e.op = None);
         info!(address = %record.address, image = %image.name, "segment running");
+        // Still PROVISIONING while Docker comes up: a reader never sees it
+        // RUNNING and then FAILED.
         if ca.is_some()
             && let Some(took) = self.await_docker(&record).await
         {
             self.observer.create_step(CreateStep::DockerReady, took);
         }
+        self.registry.update(&record.request.id, |e| e.op = None);
         self.announce(&record.request.id).await;
         self.get(&record.request.id).await
     }
@@ -150,7 +155,7 @@ impl SegmentManager {
         &self,
         mut record: SegmentRecord,
         image: &Image,
-        ca: Option<&ClusterCa>,
+        ca: Option<&Arc<ClusterCa>>,
     ) -> Result<SegmentRecord, Error> {
         let (id, img, ids) = (record.request.id.clone(), image.clone(), record.ids);
         let t = Instant::now();
@@ -183,29 +188,32 @@ impl SegmentManager {
     pub(crate) async fn certify(
         &self,
         record: &SegmentRecord,
-        ca: &ClusterCa,
+        ca: &Arc<ClusterCa>,
         dirs: &SegmentDirs,
     ) -> Result<SystemTime, Error> {
         let (validity, now) = (self.settings.docker.cert_validity, SystemTime::now());
         let hostname = dns_name(&record.request.id);
-        let server = certs::issue_server_cert(ca, record.address, &hostname, validity, now)
-            .map_err(|e| Error::Internal(format!("issuing the Docker server certificate: {e}")))?;
-        // As long-lived as the server certificate: both are renewed together
-        // by RebuildSegment, the only time the agent holds the CA key.
-        let client = certs::issue_client_cert_for(ca, "segment-agent", validity, now)
-            .map_err(|e| Error::Internal(format!("issuing the agent's client certificate: {e}")))?;
-        let (client_cert, client_key) = (client.cert_pem, client.key_pem);
-        let not_after = server.not_after;
-        let (dirs, ca_pem) = (dirs.clone(), ca.canonical_cert_pem());
-        let key_owner = Some(record.ids.host_first);
+        let (address, key_owner) = (record.address, Some(record.ids.host_first));
+        let (dirs, ca) = (dirs.clone(), ca.clone());
+        // Key generation and signing off the async runtime, like the writes.
         tokio::task::spawn_blocking(move || {
-            docker::write_agent_tls(&dirs.agent_tls, &ca_pem, &client_cert, &client_key)?;
-            docker::write_config(&dirs.docker_config, &ca_pem, &server, key_owner)
+            let server = certs::issue_server_cert(&ca, address, &hostname, validity, now)
+                .map_err(|e| Error::Certificate("the Docker server certificate", e))?;
+            // As long-lived as the server certificate: both are renewed
+            // together by RebuildSegment, the only time the agent holds the
+            // CA key.
+            let client = certs::issue_client_cert_for(&ca, "segment-agent", validity, now)
+                .map_err(|e| Error::Certificate("the agent's client certificate", e))?;
+            let ca_pem = ca.canonical_cert_pem();
+            docker::write_agent_tls(&dirs.agent_tls, &ca_pem, &client.cert_pem, &client.key_pem)
+                .and_then(|()| {
+                    docker::write_config(&dirs.docker_config, &ca_pem, &server, key_owner)
+                })
+                .map_err(|e| Error::Internal(format!("writing Docker's configuration: {e}")))?;
+            Ok(server.not_after)
         })
         .await
-        .map_err(|e| Error::Internal(format!("config task: {e}")))?
-        .map_err(|e| Error::Internal(format!("writing Docker's configuration: {e}")))?;
-        Ok(not_after)
+        .map_err(|e| Error::Internal(format!("certificate task: {e}")))?
     }
 
     /// The domain of a segment.
@@ -266,7 +274,7 @@ impl SegmentManager {
                     "Docker did not answer /_ping over TLS on {endpoint} within {timeout:?}: {last}"
                 );
                 warn!(%reason, "segment FAILED");
-                self.registry.update(id, |e| e.failure = Some(reason));
+                self.set_failure(id, Some(reason)).await;
                 None
             }
         }
@@ -295,35 +303,29 @@ impl SegmentManager {
         }
     }
 
-    /// Removes whatever a failed create made. If libvirt cannot be cleaned
-    /// up, the segment stays registered as FAILED so its address is never
-    /// handed out twice; DeleteSegment (or the next agent start) finishes it.
-    async fn undo_create(&self, record: &SegmentRecord) {
+    /// Removes whatever a failed create made. The domain is first marked
+    /// `deleted` (the scheduler is told the create failed: a crash during
+    /// the undo must not bring it back); what cannot be removed stays
+    /// registered as DELETING so its address is never handed out twice, and
+    /// DeleteSegment (or the next agent start) finishes it.
+    async fn undo_create(&self, record: &SegmentRecord, cause: &Error) {
         let id = record.request.id.clone();
-        let name = id.domain_name();
-        let undone = self
-            .blocking(move |hv| {
-                hv.destroy(&name).or_else(ignore_missing)?;
-                hv.undefine(&name)
-            })
-            .await;
-        let removed = match &undone {
-            Ok(()) => {
-                self.revoke_port(record.address).await;
-                let id = id.clone();
-                self.storage_blocking(move |s| s.remove(&id)).await
-            }
-            Err(_) => Ok(()),
-        };
-        match undone.and(removed) {
+        let mut marked = record.clone();
+        marked.failure = Some(super::spec::bounded_failure(&format!(
+            "create failed: {cause}"
+        )));
+        match self.remove_everything(marked.clone()).await {
             Ok(()) => {
                 self.registry.remove(&id);
             }
             Err(e) => {
-                warn!(error = %e, "could not undo the failed create; keeping the segment as FAILED");
+                warn!(error = %e, "could not undo the failed create; the segment is DELETING");
                 self.registry.update(&id, |entry| {
                     entry.op = None;
-                    entry.failure = Some(format!("create failed and was not fully undone: {e}"));
+                    entry.record.desired = super::spec::Desired::Deleted;
+                    entry.record.failure = Some(super::spec::bounded_failure(&format!(
+                        "create failed ({cause}) and was not fully undone: {e}"
+                    )));
                 });
             }
         }
@@ -354,11 +356,13 @@ mod tests {
 
     #[test]
     fn dns_names_are_valid_labels_for_every_valid_id() {
-        let long = "a".repeat(63);
+        let long = "a".repeat(60);
+        let dashed = format!("{}-b", "a".repeat(58));
         let cases = [
             ("web-1", "seg-web-1".to_owned()),
             ("web-", "seg-web".to_owned()),
             (long.as_str(), format!("seg-{}", "a".repeat(59))),
+            (dashed.as_str(), format!("seg-{}", "a".repeat(58))),
         ];
         for (id, want) in cases {
             let name = dns_name(&SegmentId::parse(id).unwrap());

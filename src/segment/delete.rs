@@ -32,7 +32,8 @@ impl SegmentManager {
                 warn!(error = %e, "delete incomplete");
                 self.registry.update(id, |entry| {
                     entry.op = None;
-                    entry.failure = Some(e.to_string());
+                    entry.record.desired = Desired::Deleted;
+                    entry.record.failure = Some(super::spec::bounded_failure(&e.to_string()));
                 });
             }
         }
@@ -47,18 +48,29 @@ impl SegmentManager {
         mut record: super::spec::SegmentRecord,
     ) -> Result<(), Error> {
         let name = record.request.id.domain_name();
-        if record.desired != Desired::Deleted {
-            record.desired = Desired::Deleted;
-            match self.persist(record.clone()).await {
-                Ok(()) | Err(Error::Hypervisor(crate::hypervisor::HvError::NoDomain(_))) => {}
-                Err(e) => return Err(e),
+        // Persisted before anything goes: a crash from here on is finished
+        // by the next agent start, never undone. Should libvirt refuse the
+        // mark, removing the domain still makes the delete stick.
+        let marked = match record.desired {
+            Desired::Deleted => Ok(()),
+            _ => {
+                record.desired = Desired::Deleted;
+                match self.persist(record.clone()).await {
+                    Err(Error::Hypervisor(crate::hypervisor::HvError::NoDomain(_))) => Ok(()),
+                    other => other,
+                }
             }
+        };
+        let removed = self
+            .blocking(move |hv| {
+                hv.destroy(&name).or_else(ignore_missing)?;
+                hv.undefine(&name)
+            })
+            .await;
+        if let Err(e) = &marked {
+            warn!(error = %e, "could not mark the segment deleted in libvirt");
         }
-        self.blocking(move |hv| {
-            hv.destroy(&name).or_else(ignore_missing)?;
-            hv.undefine(&name)
-        })
-        .await?;
+        removed?;
         self.sweep_cgroups().await;
         self.revoke_port(record.address).await;
         let id = record.request.id.clone();

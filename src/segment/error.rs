@@ -39,6 +39,9 @@ pub enum Error {
     /// The host filesystem failed.
     #[error("storage: {0}")]
     Storage(#[from] StorageError),
+    /// A certificate could not be issued from a validated CA.
+    #[error("issuing {0}: {1}")]
+    Certificate(&'static str, #[source] crate::certs::CertError),
     /// An internal task failed.
     #[error("internal: {0}")]
     Internal(String),

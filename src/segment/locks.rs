@@ -33,4 +33,12 @@ impl SegmentLocks {
             _guard: mutex.lock_owned().await,
         }
     }
+
+    /// Whether an operation runs (or waits to run) on `id`.
+    pub fn busy(&self, id: &SegmentId) -> bool {
+        let table = self.table.lock().expect("segment lock table");
+        table
+            .get(id)
+            .is_some_and(|m| Arc::strong_count(m) > 1 || m.try_lock().is_err())
+    }
 }

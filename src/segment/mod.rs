@@ -2,14 +2,15 @@
 //! drive. It knows nothing of tonic; it talks to the host through the
 //! [`Hypervisor`] and [`SegmentStorage`] traits.
 //!
-//! One file per operation: [`create`], [`delete`], [`power`] (start, stop) and
-//! [`recover`] (agent start); [`ports`] keeps the bridge filter in step. Operations on one segment are serialised by
+//! One file per operation: [`create`], [`delete`], [`power`] (start, stop),
+//! [`recover`] (agent start) and [`heal`] (restarting segments that died); [`ports`] keeps the bridge filter in step. Operations on one segment are serialised by
 //! [`locks::SegmentLocks`]; admission is atomic in [`registry::Registry`].
 
 pub mod boot;
 pub mod create;
 pub mod delete;
 pub mod error;
+pub mod heal;
 pub mod locks;
 pub mod ports;
 pub mod power;
@@ -195,6 +196,7 @@ pub struct SegmentManager {
     settings: Settings,
     events: EventHub,
     observer: Arc<dyn LifecycleObserver>,
+    healer: heal::Healer,
 }
 
 impl SegmentManager {
@@ -213,6 +215,7 @@ impl SegmentManager {
             settings,
             events: EventHub::default(),
             observer: Arc::new(Unobserved),
+            healer: heal::Healer::default(),
         }
     }
 
@@ -248,7 +251,12 @@ impl SegmentManager {
             .iter()
             .map(|s| s.record.request.id.clone())
             .collect();
-        for segment in &segments {
+        // A segment in an operation is announced by the operation itself:
+        // seen half-way (a create waiting for Docker) it would flap.
+        for segment in segments
+            .iter()
+            .filter(|s| !self.locks.busy(&s.record.request.id))
+        {
             self.events.observe(segment, generation);
         }
         for gone in self.events.missing(&present) {
@@ -342,6 +350,25 @@ impl SegmentManager {
             .await
             .map_err(|e| Error::Internal(format!("storage task: {e}")))?
             .map_err(Error::from)
+    }
+
+    /// Records why a segment is FAILED (`None`: it no longer is) in the
+    /// registry and, best effort, in its domain's metadata, so a restarted
+    /// agent still says it.
+    pub(crate) async fn set_failure(&self, id: &SegmentId, reason: Option<String>) {
+        let reason = reason.map(|r| spec::bounded_failure(&r));
+        let Some(entry) = self.registry.get(id) else {
+            return;
+        };
+        if entry.record.failure == reason {
+            return;
+        }
+        let mut record = entry.record;
+        record.failure = reason.clone();
+        if let Err(e) = self.persist(record).await {
+            tracing::warn!(segment_id = %id, error = %e, "cannot persist the failure reason");
+            self.registry.update(id, |e| e.record.failure = reason);
+        }
     }
 
     /// Persists `record` into the domain's metadata, then the registry.

@@ -3,7 +3,7 @@
 
 use super::{
     Error, Segment, SegmentManager,
-    spec::{Desired, SegmentId},
+    spec::{Desired, SegmentId, SegmentRecord},
 };
 use std::time::{Duration, Instant};
 use tracing::{info, instrument, warn};
@@ -34,18 +34,21 @@ impl SegmentManager {
         let (sid, ids, docker) = (id.clone(), current.record.ids, image.docker);
         self.storage_blocking(move |s| s.prepare(&sid, &image, ids))
             .await?;
-        if current.record.desired != Desired::Running {
-            let mut record = current.record.clone();
-            record.desired = Desired::Running;
-            self.persist(record).await?;
-        }
-        self.registry.update(id, |e| e.failure = None);
+        self.want(&current.record, Desired::Running).await?;
         // Decided on libvirt's view, not the derived state: a FAILED
         // segment may well be running (its Docker never answered).
         let name = id.domain_name();
         if !self.domain_running(&name).await? {
-            self.boot(&current.record, docker).await?;
+            if let Err(e) = self.boot(&current.record, docker).await {
+                self.set_failure(id, Some(format!("starting: {e}"))).await;
+                self.announce(id).await;
+                return Err(e);
+            }
             info!("segment started");
+        }
+        // Like Create and Rebuild: RUNNING means Docker answers.
+        if docker {
+            self.await_docker(&current.record).await;
         }
         self.announce(id).await;
         self.get(id).await
@@ -63,12 +66,7 @@ impl SegmentManager {
                 current.state
             )));
         }
-        if current.record.desired != Desired::Stopped {
-            let mut record = current.record.clone();
-            record.desired = Desired::Stopped;
-            self.persist(record).await?;
-        }
-        self.registry.update(id, |e| e.failure = None);
+        self.want(&current.record, Desired::Stopped).await?;
         if self.domain_running(&id.domain_name()).await? {
             let timeout = timeout.unwrap_or(self.settings.stop_timeout);
             self.stop_domain(id, timeout).await?;
@@ -78,7 +76,19 @@ impl SegmentManager {
         self.get(id).await
     }
 
-    async fn stop_domain(&self, id: &SegmentId, timeout: Duration) -> Result<(), Error> {
+    /// Persists the state asked for, and that the segment's last failure
+    /// is behind it, before acting: a restart of the agent honours it.
+    async fn want(&self, record: &SegmentRecord, desired: Desired) -> Result<(), Error> {
+        if record.desired == desired && record.failure.is_none() {
+            return Ok(());
+        }
+        let mut record = record.clone();
+        record.desired = desired;
+        record.failure = None;
+        self.persist(record).await
+    }
+
+    pub(crate) async fn stop_domain(&self, id: &SegmentId, timeout: Duration) -> Result<(), Error> {
         let name = id.domain_name();
         let deadline = Instant::now() + timeout;
         let mut next_request = Instant::now();

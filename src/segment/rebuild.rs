@@ -35,8 +35,10 @@ impl SegmentManager {
             .storage_blocking(move |s| s.prepare(&sid, &image, ids))
             .await?;
         let mut record = current.record.clone();
+        let ca = std::sync::Arc::new(ca);
         record.request.ca_cert_pem = Some(ca.canonical_cert_pem());
         record.server_cert_not_after = Some(self.certify(&record, &ca, &dirs).await?);
+        record.failure = None;
         self.persist(record.clone()).await?;
         let name = id.domain_name();
         let init = self.blocking(move |hv| hv.init_pid(&name)).await?;
@@ -45,7 +47,6 @@ impl SegmentManager {
             .map_err(|e| Error::Internal(format!("signal task: {e}")))?
             .map_err(|e| Error::Internal(format!("asking the segment to restart Docker: {e}")))?;
         info!(init_pid = init, "Docker restart requested");
-        self.registry.update(id, |e| e.failure = None);
         // The old dockerd may still answer for a moment; the supervisor stops
         // it first, so wait until the restart is under way.
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;

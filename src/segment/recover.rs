@@ -2,7 +2,9 @@
 //! finish what a crash cut off, and leave every healthy segment untouched.
 //!
 //! - a `seg-` domain without the agent's record is not ours: left alone;
-//! - a record marked `deleted`: the delete is finished;
+//! - a record marked `deleted` (a delete, or the undo of a failed create):
+//!   the delete is finished;
+//! - a record marked `stopped` whose domain runs (a cut-off stop): stopped;
 //! - a record that should run but does not (cut-off create, host reboot):
 //!   its filesystem is mounted again and it is started, once the bridge
 //!   filter allows every registered segment's port (after a host reboot the
@@ -12,11 +14,14 @@
 
 use super::{
     Error, SegmentManager,
-    spec::{Desired, SegmentId},
+    spec::{Desired, SegmentId, SegmentRecord},
 };
 use crate::hypervisor::DomainEntry;
 use std::collections::HashSet;
 use tracing::{error, info, instrument, warn};
+
+/// The graceful part of a stop that recovery finishes.
+const RECOVERY_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// What recovery did, for the log and for tests.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -27,6 +32,8 @@ pub struct RecoveryReport {
     pub started: usize,
     /// Half-done deletes finished.
     pub deletes_finished: usize,
+    /// Stops cut off by the agent's end, finished.
+    pub stops_finished: usize,
     /// Orphan segment directories removed.
     pub orphans_removed: usize,
     /// `seg-` domains without the agent's record, left alone.
@@ -105,11 +112,12 @@ impl SegmentManager {
             .map_err(|e| crate::agent::error_chain(&e))
     }
 
-    /// Finishes a pending delete, or remounts and restarts a segment that
-    /// should run (not without the bridge filter: `unfiltered` says why).
+    /// Finishes a pending delete or a cut-off stop, or remounts and
+    /// restarts a segment that should run (not without the bridge filter:
+    /// `unfiltered` says why).
     async fn settle(
         &self,
-        id: &super::spec::SegmentId,
+        id: &SegmentId,
         running: bool,
         unfiltered: Option<&String>,
         report: &mut RecoveryReport,
@@ -117,26 +125,23 @@ impl SegmentManager {
         let Some(entry) = self.registry.get(id) else {
             return;
         };
-        if entry.record.desired == Desired::Deleted {
-            match self.remove_everything(entry.record).await {
-                Ok(()) => {
-                    self.registry.remove(id);
-                    report.deletes_finished += 1;
-                }
-                Err(e) => self.fail(id, format!("finishing delete: {e}")),
-            }
-            return;
+        match entry.record.desired {
+            Desired::Deleted => return self.finish_delete(entry.record, report).await,
+            Desired::Stopped if running => return self.finish_stop(id, report).await,
+            _ => {}
         }
         let image = match self.resolve_image(&entry.record.request.image).await {
             Ok(i) => i,
-            Err(e) => return self.fail(id, e.to_string()),
+            Err(e) => return self.fail(id, e.to_string()).await,
         };
         let (sid, ids, docker) = (id.clone(), entry.record.ids, image.docker);
         if let Err(e) = self
             .storage_blocking(move |s| s.prepare(&sid, &image, ids))
             .await
         {
-            return self.fail(id, format!("mounting root filesystem: {e}"));
+            return self
+                .fail(id, format!("mounting root filesystem: {e}"))
+                .await;
         }
         let wants_start = entry.record.desired == Desired::Running && !running;
         if let Some(reason) = unfiltered.filter(|_| running || wants_start) {
@@ -145,21 +150,55 @@ impl SegmentManager {
             } else {
                 "is not started"
             };
-            return self.fail(id, format!("the segment {state}: {reason}"));
+            return self
+                .fail(id, format!("the segment {state}: {reason}"))
+                .await;
         }
         if wants_start {
             match self.boot(&entry.record, docker).await {
                 Ok(()) => {
                     info!(segment_id = %id, "started segment that should run");
+                    // What failed was the previous run.
+                    self.set_failure(id, None).await;
                     report.started += 1;
                 }
-                Err(e) => self.fail(id, format!("starting: {e}")),
+                Err(e) => self.fail(id, format!("starting: {e}")).await,
             }
         }
     }
 
-    fn fail(&self, id: &super::spec::SegmentId, reason: String) {
+    /// A delete cut off half-way: finished, never undone.
+    async fn finish_delete(&self, record: SegmentRecord, report: &mut RecoveryReport) {
+        let id = record.request.id.clone();
+        match self.remove_everything(record).await {
+            Ok(()) => {
+                self.registry.remove(&id);
+                report.deletes_finished += 1;
+            }
+            Err(e) => {
+                let reason = super::spec::bounded_failure(&format!("finishing delete: {e}"));
+                error!(segment_id = %id, %reason, "segment needs attention");
+                self.registry
+                    .update(&id, |e| e.record.failure = Some(reason));
+            }
+        }
+    }
+
+    /// A stop cut off by the agent's end (`stopped` persisted, the domain
+    /// still running): finished, after a short grace, since the graceful
+    /// part may already have run and every other segment waits.
+    async fn finish_stop(&self, id: &SegmentId, report: &mut RecoveryReport) {
+        match self.stop_domain(id, RECOVERY_STOP_GRACE).await {
+            Ok(()) => {
+                info!(segment_id = %id, "finished a cut-off stop");
+                report.stops_finished += 1;
+            }
+            Err(e) => self.fail(id, format!("finishing stop: {e}")).await,
+        }
+    }
+
+    async fn fail(&self, id: &SegmentId, reason: String) {
         error!(segment_id = %id, %reason, "segment needs attention");
-        self.registry.update(id, |e| e.failure = Some(reason));
+        self.set_failure(id, Some(reason)).await;
     }
 }

@@ -25,8 +25,6 @@ pub struct Entry {
     pub record: SegmentRecord,
     /// The operation in flight, if any.
     pub op: Option<Op>,
-    /// Why the last operation on it failed, if it did.
-    pub failure: Option<String>,
 }
 
 /// Admission limits of the host.
@@ -136,11 +134,12 @@ impl Registry {
             desired: Desired::Running,
             server_cert_not_after: None,
             ids,
+            failure: None,
+            restarts: 0,
         };
         let entry = Entry {
             record: record.clone(),
             op: Some(Op::Creating),
-            failure: None,
         };
         inner.segments.insert(record.request.id.clone(), entry);
         Ok(record)
@@ -171,11 +170,7 @@ impl Registry {
             ));
         }
         let id = record.request.id.clone();
-        let entry = Entry {
-            record,
-            op: None,
-            failure: None,
-        };
+        let entry = Entry { record, op: None };
         inner.segments.insert(id, entry);
         Ok(())
     }

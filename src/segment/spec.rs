@@ -29,15 +29,41 @@ impl InvalidArgument {
     }
 }
 
-/// Checks `^[a-z0-9][a-z0-9-]{0,62}$`, the pattern of every name the agent
-/// turns into a libvirt domain name or a directory.
-fn check_name(field: &'static str, value: &str) -> Result<(), InvalidArgument> {
-    let bad = |reason: &str| Err(InvalidArgument::new(field, format!("{value:?} {reason}")));
+/// Longest part of a bad value an error message repeats: a scheduler's
+/// operator recognises the value, a hostile client gets no amplifier.
+pub const MAX_ECHO: usize = 64;
+
+/// `value` as an error message shows it: quoted, escaped, its first
+/// [`MAX_ECHO`] bytes at most.
+pub fn echo(value: &str) -> String {
+    if value.len() <= MAX_ECHO {
+        return format!("{value:?}");
+    }
+    let mut end = MAX_ECHO;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{:?}... ({} bytes)", &value[..end], value.len())
+}
+
+/// Longest segment id: libvirt's LXC driver sets the segment's hostname to
+/// its domain name `seg-<id>`, and the kernel takes at most 64 bytes.
+pub const MAX_SEGMENT_ID: usize = 64 - DOMAIN_PREFIX.len();
+
+/// Checks `^[a-z0-9][a-z0-9-]{0,max-1}$`, the pattern of every name the
+/// agent turns into a libvirt domain name or a directory.
+fn check_name(field: &'static str, value: &str, max: usize) -> Result<(), InvalidArgument> {
+    let bad = |reason: &str| {
+        Err(InvalidArgument::new(
+            field,
+            format!("{} {reason}", echo(value)),
+        ))
+    };
     if value.is_empty() {
         return Err(InvalidArgument::new(field, "must not be empty"));
     }
-    if value.len() > 63 {
-        return bad("is longer than 63 characters");
+    if value.len() > max {
+        return bad(&format!("is longer than {max} characters"));
     }
     let first = value.as_bytes()[0];
     if !(first.is_ascii_lowercase() || first.is_ascii_digit()) {
@@ -47,21 +73,25 @@ fn check_name(field: &'static str, value: &str) -> Result<(), InvalidArgument> {
         .bytes()
         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
     {
-        return bad("may hold only lowercase letters, digits and '-' (^[a-z0-9][a-z0-9-]{0,62}$)");
+        return bad(&format!(
+            "may hold only lowercase letters, digits and '-' (^[a-z0-9][a-z0-9-]{{0,{}}}$)",
+            max - 1
+        ));
     }
     Ok(())
 }
 
 macro_rules! name_type {
-    ($(#[$doc:meta])* $name:ident, $field:literal) => {
+    ($(#[$doc:meta])* $name:ident, $field:literal, $max:expr) => {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
         pub struct $name(String);
 
         impl $name {
-            /// Validates `value` against `^[a-z0-9][a-z0-9-]{0,62}$`.
+            /// Validates `value` against `^[a-z0-9][a-z0-9-]*$` and its
+            /// longest length.
             pub fn parse(value: &str) -> Result<Self, InvalidArgument> {
-                check_name($field, value)?;
+                check_name($field, value, $max)?;
                 Ok(Self(value.to_owned()))
             }
 
@@ -82,17 +112,20 @@ macro_rules! name_type {
 name_type!(
     /// The scheduler's id for a segment; also its idempotency key.
     SegmentId,
-    "segment_id"
+    "segment_id",
+    MAX_SEGMENT_ID
 );
 name_type!(
     /// The customer cluster a segment belongs to.
     ClusterId,
-    "cluster_id"
+    "cluster_id",
+    63
 );
 name_type!(
     /// The name of an immutable segment image on this host.
     ImageName,
-    "image"
+    "image",
+    63
 );
 
 impl SegmentId {
@@ -190,14 +223,21 @@ pub fn check_labels(labels: &Labels) -> Result<(), InvalidArgument> {
         if !key_ok {
             return Err(InvalidArgument::new(
                 "labels",
-                format!("key {key:?} must match ^[a-z0-9][a-z0-9._/-]{{0,62}}$"),
+                format!(
+                    "key {} must match ^[a-z0-9][a-z0-9._/-]{{0,62}}$",
+                    echo(key)
+                ),
             ));
         }
-        if value.len() > MAX_LABEL_VALUE || value.chars().any(char::is_control) {
+        // Values land in libvirt's XML: only characters XML 1.0 can hold
+        // (Rust strings hold no surrogates; U+FFFE and U+FFFF are not XML).
+        let not_xml = |c: char| c.is_control() || matches!(c, '\u{FFFE}' | '\u{FFFF}');
+        if value.len() > MAX_LABEL_VALUE || value.chars().any(not_xml) {
             return Err(InvalidArgument::new(
                 "labels",
                 format!(
-                    "value of {key:?} must be at most {MAX_LABEL_VALUE} bytes without control characters"
+                    "value of {key:?} must be at most {MAX_LABEL_VALUE} bytes without control \
+                     characters, U+FFFE or U+FFFF"
                 ),
             ));
         }
@@ -239,6 +279,31 @@ pub struct SegmentRecord {
     pub server_cert_not_after: Option<SystemTime>,
     /// The host ids its user namespace maps to (its root is `host_first`).
     pub ids: crate::idmap::IdRange,
+    /// Why the segment is FAILED (its last operation failed, Docker never
+    /// answered); persisted so a restarted agent still says it.
+    pub failure: Option<String>,
+    /// How often the agent restarted it after its init died.
+    pub restarts: u32,
+}
+
+/// Longest failure reason kept in a record (and so in libvirt's metadata).
+pub const MAX_FAILURE_LEN: usize = 1024;
+
+/// `reason` cut to [`MAX_FAILURE_LEN`] bytes on a character boundary.
+pub fn bounded_failure(reason: &str) -> String {
+    crate::segment::spec::truncated(reason, MAX_FAILURE_LEN)
+}
+
+/// `s` cut to at most `max` bytes on a character boundary, marked when cut.
+pub fn truncated(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes)", &s[..end], s.len())
 }
 
 /// The state an operator or scheduler asked for, as opposed to the observed one.
@@ -278,9 +343,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn echoed_values_are_bounded() {
+        assert_eq!(echo("web-1"), "\"web-1\"");
+        let huge = "x".repeat(4 << 20);
+        let e = SegmentId::parse(&huge).unwrap_err().to_string();
+        assert!(e.len() < 200 && e.contains("4194304 bytes"), "{e}");
+        let controls = "\u{1}".repeat(10_000);
+        let e = SegmentId::parse(&controls).unwrap_err().to_string();
+        assert!(e.len() < 600, "{} bytes", e.len());
+        let key = format!("K{}", "é".repeat(5000));
+        let e = check_labels(&Labels::from([(key, String::new())])).unwrap_err();
+        assert!(e.to_string().len() < 300, "{e}");
+    }
+
+    #[test]
     fn segment_ids() {
-        let long = "a".repeat(63);
-        let too_long = "a".repeat(64);
+        // seg-<id> is the segment's hostname: 64 bytes at most.
+        let long = "a".repeat(60);
+        let too_long = "a".repeat(61);
         let cases: &[(&str, bool)] = &[
             ("a", true),
             ("0", true),
@@ -337,6 +417,9 @@ mod tests {
         assert!(check_labels(&one("Team", "x")).is_err());
         assert!(check_labels(&one("a", &"x".repeat(257))).is_err());
         assert!(check_labels(&one("a", "line\nbreak")).is_err());
+        assert!(check_labels(&one("a", "\u{FFFE}")).is_err());
+        assert!(check_labels(&one("a", "x\u{FFFF}")).is_err());
+        assert!(check_labels(&one("a", "\u{FFFD}\u{10FFFF}")).is_ok());
         let many: Labels = (0..33).map(|i| (format!("k{i}"), String::new())).collect();
         assert!(check_labels(&many).is_err());
     }

@@ -53,13 +53,13 @@ fn derive(entry: &Entry, running: Option<bool>) -> (SegmentState, String) {
         None => {}
     }
     if entry.record.desired == Desired::Deleted {
-        let why = entry.failure.clone().unwrap_or_default();
+        let why = entry.record.failure.clone().unwrap_or_default();
         return (
             Deleting,
             format!("delete incomplete, retry DeleteSegment: {why}"),
         );
     }
-    if let Some(f) = &entry.failure {
+    if let Some(f) = &entry.record.failure {
         return (Failed, f.clone());
     }
     match (running, entry.record.desired) {
@@ -103,11 +103,8 @@ mod tests {
         let entry = |op, desired, failure: Option<&str>| {
             let mut record = sample_record();
             record.desired = desired;
-            Entry {
-                record,
-                op,
-                failure: failure.map(str::to_owned),
-            }
+            record.failure = failure.map(str::to_owned);
+            Entry { record, op }
         };
         let cases = [
             (

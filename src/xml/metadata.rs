@@ -86,6 +86,15 @@ fn write_element(w: &mut XmlWriter, r: &SegmentRecord, prefix: Option<&str>) -> 
         Some(t) => element.with_attribute(("cert_not_after", t.as_str())),
         None => element,
     };
+    let element = match &r.failure {
+        Some(f) => element.with_attribute(("failure", f.as_str())),
+        None => element,
+    };
+    let restarts = r.restarts.to_string();
+    let element = match r.restarts {
+        0 => element,
+        _ => element.with_attribute(("restarts", restarts.as_str())),
+    };
     if q.labels.is_empty() {
         element.write_empty()?;
         return Ok(());
@@ -230,6 +239,11 @@ fn record_from(
             host_first: parsed(a, "host_uid")?,
             count: parsed(a, "uid_count")?,
         },
+        failure: a.get("failure").cloned(),
+        restarts: match a.get("restarts") {
+            Some(n) => n.parse().map_err(|_| MetadataError::Field("restarts"))?,
+            None => 0,
+        },
     })
 }
 
@@ -263,6 +277,8 @@ pub(crate) mod tests {
                 host_first: 1_000_000,
                 count: 65_536,
             },
+            failure: None,
+            restarts: 0,
         }
     }
 
@@ -292,6 +308,13 @@ pub(crate) mod tests {
         bare.request.labels.clear();
         bare.desired = Desired::Deleted;
         assert_eq!(parse_record(&namespaced(&record_xml(&bare))).unwrap(), bare);
+        let mut failed = r.clone();
+        failed.failure = Some("Docker did not answer \"/_ping\" <&> in 60s".into());
+        failed.restarts = 3;
+        assert_eq!(
+            parse_record(&namespaced(&record_xml(&failed))).unwrap(),
+            failed
+        );
     }
 
     #[test]

@@ -30,6 +30,11 @@ impl TestCa {
         TestCa { cert_pem, key_pem }
     }
 
+    /// The SHA-256 by which segments name the CA (`ca_cert_sha256`).
+    pub fn sha256(&self) -> String {
+        segment_agent::certs::pem_fingerprint(&self.cert_pem).unwrap()
+    }
+
     /// The CA as a request carries it.
     pub fn tls(&self) -> ClusterTls {
         ClusterTls {

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod control_plane;
+pub mod crash;
 pub mod docker;
 pub mod frames;
 pub mod net;

@@ -151,6 +151,8 @@ impl Baseline {
             server_cert_not_after: docker
                 .then(|| SystemTime::now() + Duration::from_secs(365 * 86400)),
             ids: BASELINE_IDS,
+            failure: None,
+            restarts: 0,
         };
         let filesystems = docker::segment_mounts(&dirs, &self.tools_dir, docker);
         let char_devices = match docker {

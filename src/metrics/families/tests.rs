@@ -37,6 +37,8 @@ fn segment(id: &str, state: SegmentState, docker: bool) -> Segment {
                 host_first: 1_000_000,
                 count: 65_536,
             },
+            failure: None,
+            restarts: 0,
         },
         state,
         reason: String::new(),
