@@ -493,9 +493,13 @@ mod tests {
         for (name, text) in PROFILES {
             assert!(text.contains(&format!("\nprofile {name} flags=")), "{name}");
         }
-        // runc in a segment may move containers to docker-default and nowhere else.
+        // runc in a segment may move containers to docker-default, or to it
+        // stacked on the segment's profile (what no-new-privileges allows),
+        // and nowhere else.
         assert!(PROFILE_TEXT.contains(&format!("\n  change_profile -> {DOCKER_PROFILE_NAME},\n")));
-        assert_eq!(PROFILE_TEXT.matches("change_profile").count(), 1);
+        let stack = format!("\n  change_profile -> \"{DOCKER_PROFILE_NAME}//&{PROFILE_NAME}\",\n");
+        assert!(PROFILE_TEXT.contains(&stack));
+        assert_eq!(PROFILE_TEXT.matches("change_profile").count(), 2);
         let docker_peer = format!("signal (receive) peer={PROFILE_NAME},");
         assert!(DOCKER_PROFILE_TEXT.contains(&docker_peer));
     }

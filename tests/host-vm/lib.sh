@@ -6,6 +6,9 @@ set -euo pipefail
 SOCK=/run/segment-agent/agent.sock
 CONFIG=/etc/segment-agent/agent.toml
 PROFILE=segment-agent-segment
+# A container's label: docker-default stacked on the segment's profile (the
+# image's runc wrapper asks for it; no-new-privileges allows only a stack).
+CONTAINER_LABEL="docker-default//&segment-agent-segment (enforce)"
 # Shared by the phases of one run (it survives the reboot).
 STATE=/var/lib/host-vm-tests
 mkdir -p "$STATE"

@@ -18,4 +18,4 @@ for id in rb-1 dk-1; do
 done
 wait_until 120 "container web running again" pgrep -fx "sleep 100001"
 expect_eq "$(dk dk-1 inspect -f '{{.State.Running}}' web)" true "web runs again"
-expect_eq "$(label_of "$(pgrep -fx 'sleep 100001')")" "docker-default (enforce)" "label of web"
+expect_eq "$(label_of "$(pgrep -fx 'sleep 100001')")" "$CONTAINER_LABEL" "label of web"

@@ -8,14 +8,14 @@ create_docker dk-1 >/dev/null
 import_busybox dk-1
 
 expect_eq "$(dk dk-1 run --rm busybox:vm cat /proc/self/attr/current | tr -d '\0')" \
-    "docker-default (enforce)" "a container's own view of its label"
+    "$CONTAINER_LABEL" "a container's own view of its label"
 
 dk dk-1 rm -f web >/dev/null 2>&1 || true
 dk dk-1 run -d --name web --restart always busybox:vm sleep 100001 >/dev/null
 wait_until 30 "container web" pgrep -fx "sleep 100001"
 web=$(pgrep -fx "sleep 100001")
-expect_eq "$(label_of "$web")" "docker-default (enforce)" "label of the container's process (host PID $web)"
-expect_eq "$(dk dk-1 exec web cat /proc/self/attr/current | tr -d '\0')" "docker-default (enforce)" \
+expect_eq "$(label_of "$web")" "$CONTAINER_LABEL" "label of the container's process (host PID $web)"
+expect_eq "$(dk dk-1 exec web cat /proc/self/attr/current | tr -d '\0')" "$CONTAINER_LABEL" \
     "a process docker exec starts in the container"
 expect_fails "a container under another profile" dk dk-1 run --rm --security-opt apparmor=unconfined busybox:vm true
 for pid in $(segment_pids dk-1); do
@@ -23,7 +23,7 @@ for pid in $(segment_pids dk-1); do
     # A short-lived process may be gone by now.
     label=$(label_of "$pid" 2>/dev/null) || continue
     case $label in
-        "$PROFILE (enforce)" | "docker-default (enforce)") ;;
+        "$PROFILE (enforce)" | "$CONTAINER_LABEL") ;;
         *) fail "PID $pid ($(tr '\0' ' ' <"/proc/$pid/cmdline")) runs under '$label'" ;;
     esac
 done
@@ -58,4 +58,4 @@ expect_eq "$(audit_since "$m" | grep 'operation="signal"' || true)" "" "signal d
 kill -9 "$web"
 wait_until 60 "web restarted" sh -c "pgrep -fx 'sleep 100001' | grep -vx $web"
 expect_eq "$(dk dk-1 inspect -f '{{.RestartCount}}' web)" 1 "restart count of web"
-expect_eq "$(label_of "$(pgrep -fx 'sleep 100001')")" "docker-default (enforce)" "label after the restart"
+expect_eq "$(label_of "$(pgrep -fx 'sleep 100001')")" "$CONTAINER_LABEL" "label after the restart"

@@ -130,7 +130,8 @@ runc_in_segment() {
     jq --argjson a "$args" '.process.args = $a' "$bundle/config.json" >"$bundle/config.run.json"
     mkdir -p "$bundle/run" && cp "$bundle/config.run.json" "$bundle/run/config.json"
     chown -R "$owner" "$bundle" "$seg_dir/vfs/dir/bypass"
-    in_segment dk-1 runc --root "${RUNC_ROOT:-/run/docker/runtime-runc/moby}" run \
+    # The real runc, not the image's wrapper on PATH (which would name a profile).
+    in_segment dk-1 /usr/sbin/runc --root "${RUNC_ROOT:-/run/docker/runtime-runc/moby}" run \
         --bundle /var/lib/segment/docker/bypass/run "bypass-$RANDOM"
 }
 # runc protects itself by running from a read-only bind of its binary in its
