@@ -134,10 +134,13 @@ runc_in_segment() {
     in_segment dk-1 /usr/sbin/runc --root "${RUNC_ROOT:-/run/docker/runtime-runc/moby}" run \
         --bundle /var/lib/segment/docker/bypass/run "bypass-$RANDOM"
 }
-# runc protects itself by running from a read-only bind of its binary in its
-# state dir; the profile allows that bind only under Docker's runc state dir.
-RUNC_ROOT=/run/bypass-runc attempt bypass "runc with a state dir of its own" \
-    "operation=\"mount\".*$by_segment.*srcname=\"/usr/sbin/runc\"" runc_in_segment true
+# runc 1.1 runs from a sealed memfd copy of itself (CVE-2019-5736's fix; the
+# profile allows its exec); the read-only bind of its binary that it falls
+# back to is allowed only under Docker's runc state dir.
+in_segment dk-1 mkdir -p /run/bypass-runc && in_segment dk-1 touch /run/bypass-runc/runc.x
+attempt bypass "bind runc's binary outside Docker's runc state dir" \
+    "operation=\"mount\".*$by_segment.*srcname=\"/usr/sbin/runc\"" \
+    in_segment dk-1 mount --bind /usr/sbin/runc /run/bypass-runc/runc.x
 expect_eq "$(runc_in_segment cat /proc/self/attr/current | tr -d '\0')" "$PROFILE (enforce)" \
     "runc's container without a profile inherits the segment's"
 attempt bypass "write /proc/sysrq-trigger" "$by_segment.*name=\"/proc/sysrq-trigger\"" \
