@@ -150,9 +150,11 @@ attempt bypass "write /proc/sys/kernel/core_pattern" "$by_segment.*name=\"/proc/
 attempt bypass "read /sys/firmware" "$by_segment.*name=\"/sys/firmware/\"" runc_in_segment ls /sys/firmware
 attempt bypass "mount a ramfs" "operation=\"mount\".*$by_segment.*fstype=\"ramfs\"" \
     runc_in_segment sh -c 'mkdir -p /m && mount -t ramfs none /m'
-reset_capability_audit
-attempt bypass "load a module" "operation=\"capable\".*$by_segment.*capname=\"sys_module\"" \
-    runc_in_segment sh -c 'cp /bin/busybox /x.ko && insmod /x.ko'
+# CAP_SYS_MODULE in the segment's user namespace is none the kernel honours:
+# it refuses before AppArmor is asked (AppArmor's own denial of it, with the
+# user namespace bypassed, is shown above).
+expect_fails "bypass: load a module" runc_in_segment sh -c 'cp /bin/busybox /x.ko && insmod /x.ko'
+expect_match "$OUT" "Operation not permitted" "refused by the kernel in the segment's user namespace"
 # Asking runc for no confinement at all is refused by AppArmor too.
 jq '.process.apparmorProfile = "unconfined"' "$bundle/config.json" >"$bundle/unconfined.json"
 cp "$bundle/config.json" "$bundle/confined.json"
