@@ -165,13 +165,11 @@ impl Hypervisor for Libvirt {
         }
         match dom.destroy() {
             Ok(()) => Ok(()),
-            // It stopped on its own in the meantime.
-            Err(e)
-                if e.code()
-                    .is_known_and(|c| c == ErrorNumber::OperationInvalid) =>
-            {
-                Ok(())
-            }
+            // It stopped on its own in the meantime: libvirt then fails in
+            // whatever step it had reached (OperationInvalid, or reading a
+            // cgroup the kernel already removed). What the caller wants, a
+            // domain that does not run, holds either way.
+            Err(_) if dom.is_active().is_ok_and(|active| !active) => Ok(()),
             Err(e) => Err(self.error("destroy", name, e)),
         }
     }
