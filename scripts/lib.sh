@@ -19,11 +19,12 @@ in_sandbox() { nsenter --net="/run/netns/$SANDBOX_NS" "$@"; }
 # Debian packages the agent, its tests and its images need.
 install_packages() {
     # nftables: the agent's bridge filter; tcpdump, gcc, libc6-dev: the
-    # tests' packet captures and static test programs.
+    # tests' packet captures and static test programs; btrfs-progs: segment
+    # disk quotas; python3-libvirt: the benchmark's baseline of reads.
     local pkgs=(libvirt-daemon-driver-lxc libvirt-daemon libvirt-clients libvirt-dev
         docker.io apparmor protobuf-compiler libprotobuf-dev iproute2 busybox-static
         iputils-ping openssl pkg-config curl python3-pip systemd nftables tcpdump
-        gcc libc6-dev)
+        gcc libc6-dev btrfs-progs python3-libvirt)
     local missing=()
     for p in "${pkgs[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -62,6 +63,14 @@ sandbox_network_up() {
     grep -q "inet $SANDBOX_GATEWAY/" <<<"$addrs" ||
         ip -n "$SANDBOX_NS" addr add "$SANDBOX_GATEWAY/24" dev "$SANDBOX_BRIDGE"
     ip -n "$SANDBOX_NS" link set "$SANDBOX_BRIDGE" up
+    # As the README's install block sets in a host's own namespace: bridged
+    # segment frames skip iptables (Docker segments need br_netfilter loaded
+    # for icc=false; `segment-agent check` verifies both).
+    modprobe br_netfilter 2>/dev/null || true
+    local t
+    for t in iptables ip6tables arptables; do
+        in_sandbox sysctl -qw "net.bridge.bridge-nf-call-$t=0"
+    done
 }
 
 # The state dir is a shared mount, so the overlay mounts the agent makes
@@ -73,6 +82,59 @@ state_dir_shared() {
         mount --bind "$STATE_DIR" "$STATE_DIR"
     fi
     mount --make-shared "$STATE_DIR"
+}
+
+# The segments' filesystem: a btrfs with simple quotas at $STATE_DIR/segments,
+# so each segment's disk is limited by the kernel (the agent refuses to
+# create segments elsewhere). A production host gives it a partition; here a
+# sparse file on a loop device ($QUOTA_IMAGE, $QUOTA_SIZE), mounted under the
+# shared state dir so libvirtd sees it and the segments' mounts on it.
+# Test agents keep their state under $STATE_DIR/segments/.tests (names no
+# segment id can have).
+QUOTA_IMAGE=${QUOTA_IMAGE:-/var/lib/segment-agent-segments.btrfs}
+QUOTA_SIZE=${QUOTA_SIZE:-64G}
+quota_fs_up() {
+    local dir="$STATE_DIR/segments"
+    mkdir -p "$dir"
+    if ! findmnt -n --mountpoint "$dir" >/dev/null; then
+        [ -z "$(ls -A "$dir")" ] ||
+            die "$dir holds segments made before disk quotas; delete them (or move them) first"
+        if [ ! -e "$QUOTA_IMAGE" ]; then
+            log "creating the segments' btrfs ($QUOTA_SIZE sparse) in $QUOTA_IMAGE"
+            truncate -s "$QUOTA_SIZE" "$QUOTA_IMAGE"
+            mkfs.btrfs -q "$QUOTA_IMAGE" >/dev/null
+        fi
+        log "mounting $QUOTA_IMAGE at $dir"
+        mount -o loop "$QUOTA_IMAGE" "$dir"
+    fi
+    [ "$(findmnt -n -o FSTYPE --mountpoint "$dir")" = btrfs ] || die "$dir is not a btrfs mount"
+    # btrfs turns read-only when a transaction aborts; on a sparse loop file
+    # that is what a full host disk does. What the last transaction held is
+    # lost either way: mount it again (refused while anything uses it).
+    if findmnt -n -o OPTIONS --mountpoint "$dir" | grep -qE '(^|,)ro(,|$)'; then
+        log "$dir went read-only (an aborted btrfs transaction: is / full?); mounting it again"
+        umount "$dir" || die "$dir is read-only and busy; stop what uses it and run this again"
+        mount -o loop "$QUOTA_IMAGE" "$dir"
+    fi
+    local uuid
+    uuid=$(findmnt -n -o UUID --mountpoint "$dir")
+    if [ "$(cat "/sys/fs/btrfs/$uuid/qgroups/mode" 2>/dev/null)" != squota ]; then
+        [ ! -e "/sys/fs/btrfs/$uuid/qgroups" ] ||
+            die "$dir has full qgroups, not simple quotas (a nested subvolume escapes them)"
+        log "enabling simple quotas on $dir"
+        btrfs_enable_simple_quota "$dir"
+    fi
+    mkdir -p "$dir/.tests"
+}
+
+# BTRFS_IOC_QUOTA_CTL with BTRFS_QUOTA_CTL_ENABLE_SIMPLE_QUOTA (kernel 6.7+):
+# btrfs-progs before 6.7 (Debian 12 has 6.2) cannot ask for simple quotas.
+btrfs_enable_simple_quota() {
+    python3 - "$1" <<'PY'
+import fcntl, os, struct, sys
+fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)
+fcntl.ioctl(fd, 0xC0109428, bytearray(struct.pack("QQ", 4, 0)))
+PY
 }
 
 libvirtd_pid() { pgrep -x libvirtd | head -n1; }
@@ -118,6 +180,7 @@ host_up() {
     install_packages
     sandbox_network_up
     state_dir_shared
+    quota_fs_up
     libvirtd_up
 }
 

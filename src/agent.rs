@@ -1,6 +1,8 @@
 //! Wiring: turns a [`Config`] into a running agent. Shared by `main` and the
 //! tests so both start the agent the same way.
 
+use crate::errors::error_chain;
+use crate::model::ImageName;
 use crate::{
     api::{self, Listeners, SegmentAgentService},
     apparmor::{ApparmorMode, PROFILE_NAME, ProfileInstaller, ProfileLoader},
@@ -24,16 +26,15 @@ use crate::{
         filter::{FilterMode, Filtering, PortFilter},
         nft::Nft,
     },
-    pool::AddressPool,
+    quota::{DiskQuota, NoQuota, QuotaMode, btrfs::BtrfsQuota},
     report::{
         Collector,
         sender::{self, GrpcSink, ReportObserver, SinkTls},
     },
     segment::{
-        Backends, Confinement, DockerSettings, SegmentManager, Settings,
+        Backends, Confinement, DiskLimits, DockerSettings, SegmentManager, Settings,
         recover::RecoveryReport,
         registry::{Capacity, Registry},
-        spec::ImageName,
     },
     storage::{OverlayStorage, SegmentStorage},
 };
@@ -73,7 +74,34 @@ pub fn settings(config: &Config) -> Result<Settings, ConfigError> {
             ),
         },
         isolation: config.isolation,
+        disk: DiskLimits::Off,
     })
+}
+
+/// The disk quota mechanism of a configuration.
+pub fn disk_quota(config: &Config) -> Arc<dyn DiskQuota> {
+    match config.disk_quota {
+        QuotaMode::Enforce => Arc::new(BtrfsQuota::default()),
+        QuotaMode::Off => Arc::new(NoQuota),
+    }
+}
+
+/// Whether `quota` can limit segments' disks under the state dir, when the
+/// configuration enforces quotas; the outcome decides whether segments may
+/// be created. Blocks.
+pub fn disk_limits(config: &Config, quota: &dyn DiskQuota) -> DiskLimits {
+    if config.disk_quota == QuotaMode::Off {
+        warn!("disk_quota = \"off\": segments' disks are not limited");
+        return DiskLimits::Off;
+    }
+    match quota.check(&config.state_dir.join("segments")) {
+        Ok(detail) => DiskLimits::Enforced(detail),
+        Err(e) => {
+            let reason = error_chain(&e);
+            warn!(%reason, "disk quotas configured but unavailable; no segment will be created");
+            DiskLimits::Unavailable(reason)
+        }
+    }
 }
 
 /// Installs and loads the segment profile when the configuration enforces
@@ -128,18 +156,6 @@ pub fn filtering(config: &Config, filter: &dyn PortFilter) -> Filtering {
     }
 }
 
-/// An error and its sources on one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
-
 /// The registry of a configuration on a host: address pool and limits.
 pub fn registry(config: &Config, host: &HostFacts) -> Result<Registry, ConfigError> {
     let c = &config.capacity;
@@ -150,7 +166,7 @@ pub fn registry(config: &Config, host: &HostFacts) -> Result<Registry, ConfigErr
     };
     let iso = &config.isolation;
     Ok(Registry::new(
-        AddressPool::from_config(&config.network)?,
+        config.network.address_pool()?,
         IdRangePool::new(iso.first_host_id, iso.ids_per_segment, c.max_segments),
         capacity,
     ))
@@ -160,12 +176,17 @@ pub fn registry(config: &Config, host: &HostFacts) -> Result<Registry, ConfigErr
 pub fn real_backends(config: &Config) -> Backends {
     Backends {
         hypervisor: Arc::new(Libvirt::new(&config.libvirt_uri)) as Arc<dyn Hypervisor>,
-        storage: Arc::new(OverlayStorage::new(config.state_dir.join("segments")))
-            as Arc<dyn SegmentStorage>,
+        storage: Arc::new(OverlayStorage::with_quota(
+            config.state_dir.join("segments"),
+            disk_quota(config),
+        )) as Arc<dyn SegmentStorage>,
         images: ImageStore::new(config.state_dir.join("images")),
         probe: Arc::new(TlsPing),
         cgroups: Arc::new(HostCgroups::default()),
-        filter: Arc::new(Nft::new(&config.network.bridge)) as Arc<dyn PortFilter>,
+        filter: Arc::new(
+            Nft::new(&config.network.bridge)
+                .with_swarm_remote(config.network.swarm_remote_nets().unwrap_or_default()),
+        ) as Arc<dyn PortFilter>,
     }
 }
 
@@ -219,14 +240,33 @@ pub async fn follow_libvirt_health(
     }
 }
 
-/// Publishes state changes the agent did not make itself (a segment that
-/// crashed or was stopped behind its back) to `WatchEvents`, and restarts
-/// segments whose init died.
-pub async fn observe_segments(manager: Arc<SegmentManager>, every: Duration) {
+/// Follows libvirt's lifecycle events, which publish state changes the
+/// agent did not make itself (a segment that crashed or was stopped behind
+/// its back) to `WatchEvents` and restart segments whose init died; every
+/// `heal_every` retries restarts whose backoff ran out (from the agent's
+/// view, no libvirt call), and every `reconcile_every` lists the domains in
+/// case an event was lost.
+pub async fn observe_segments(
+    manager: Arc<SegmentManager>,
+    heal_every: Duration,
+    reconcile_every: Duration,
+) {
+    /// Stops following events when the observer is stopped.
+    struct AbortOnDrop(tokio::task::JoinHandle<()>);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let _events = AbortOnDrop(manager.follow_hypervisor());
+    let mut last_reconcile = Instant::now();
     loop {
-        tokio::time::sleep(every).await;
-        if let Err(e) = manager.observe_all().await {
-            tracing::debug!(error = %e, "observing segments");
+        tokio::time::sleep(heal_every).await;
+        if last_reconcile.elapsed() >= reconcile_every {
+            last_reconcile = Instant::now();
+            if let Err(e) = manager.reconcile().await {
+                tracing::debug!(error = %e, "reconciling with libvirt");
+            }
         }
         if let Err(e) = manager.heal().await {
             tracing::debug!(error = %e, "healing segments");
@@ -352,7 +392,11 @@ pub async fn serve(
         reporter.clone(),
         Duration::from_secs(5),
     ));
-    let observer = tokio::spawn(observe_segments(manager.clone(), Duration::from_secs(2)));
+    let observer = tokio::spawn(observe_segments(
+        manager.clone(),
+        Duration::from_secs(1),
+        crate::segment::view::SAFETY_POLL,
+    ));
     let refresher = tokio::spawn(refresh_filter(manager.clone(), Duration::from_secs(10)));
     let service = SegmentAgentService::new(manager, host);
     let layer = RpcMetricsLayer::new(metrics);

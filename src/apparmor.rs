@@ -12,12 +12,12 @@
 //! segments' Docker containers run under [`DOCKER_PROFILE_NAME`], which the
 //! installer loads too: dockerd inside a segment cannot load a profile.
 
-use std::fs::{self, File, Permissions};
-use std::io::{self, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 
+use crate::atomic;
 use serde::Deserialize;
 use tempfile::NamedTempFile;
 
@@ -304,23 +304,14 @@ impl<L: ProfileLoader> ProfileInstaller<L> {
 /// be renamed over `path` (the error names `path`). Hidden: neither
 /// `apparmor.service` nor virt-aa-helper reads dot files.
 fn stage(dir: &Path, name: &str, text: &str, path: &Path) -> Result<NamedTempFile, ApparmorError> {
-    let err = write_err(path);
-    let mut builder = tempfile::Builder::new();
-    let prefix = format!(".{name}.");
-    let file = builder.prefix(&prefix).tempfile_in(dir);
-    let mut file = file.map_err(&err)?;
-    file.write_all(text.as_bytes()).map_err(&err)?;
     // apparmor_parser and virt-aa-helper run as root; 0644 matches the other profiles.
-    let perms = Permissions::from_mode(0o644);
-    file.as_file().set_permissions(perms).map_err(&err)?;
-    file.as_file().sync_all().map_err(&err)?;
-    Ok(file)
+    atomic::stage(dir, &format!(".{name}."), text.as_bytes(), 0o644, None).map_err(write_err(path))
 }
 
 /// Makes a rename in `dir` durable. Harmless if it fails: a rename lost in a
 /// crash means one more write (and load) at the next start.
 fn sync_dir(dir: &Path) {
-    if let Err(e) = File::open(dir).and_then(|dir| dir.sync_all()) {
+    if let Err(e) = atomic::sync_dir(dir) {
         tracing::warn!(error = %e, dir = %dir.display(), "cannot fsync AppArmor dir");
     }
 }
@@ -335,6 +326,8 @@ fn write_err(path: &Path) -> impl Fn(io::Error) -> ApparmorError {
 mod tests {
     use super::*;
     use InstallOutcome::{Loaded, Unchanged};
+    use std::fs::Permissions;
+    use std::os::unix::fs::PermissionsExt;
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
     use tempfile::TempDir;

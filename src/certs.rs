@@ -11,17 +11,20 @@
 
 mod tls_check;
 
+#[cfg(any(test, feature = "test-support"))]
+pub mod testing;
+
+use crate::atomic;
 use std::fmt;
-use std::fs::{self, File, Permissions};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::net::{IpAddr, Ipv4Addr};
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose as Usage, PKCS_ECDSA_P256_SHA256, SanType, SerialNumber,
+    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose as Usage, PKCS_ECDSA_P256_SHA256, SanType, SerialNumber,
 };
 use ring::digest::{SHA256, digest};
 use ring::rand::{SecureRandom, SystemRandom};
@@ -67,12 +70,12 @@ pub enum CaError {
     /// rcgen cannot copy the subject byte for byte into issued certificates
     /// (repeated or multi-valued attributes): they would not chain to it.
     #[error("ca_cert_pem subject {} cannot be copied into issued certificates exactly",
-        crate::segment::spec::echo(.0))]
+        crate::model::echo(.0))]
     UnsupportedSubject(String),
     /// The TLS stack that will verify what the CA issues (rustls) refuses
     /// a certificate issued from it.
     #[error("ca_cert_pem is refused by the agent's TLS client: {}",
-        crate::segment::spec::echo(.0))]
+        crate::model::echo(.0))]
     RejectedByTls(String),
 }
 
@@ -176,7 +179,7 @@ impl ClusterCa {
         let der = pem::parse(&self.cert_pem)
             .map(|p| p.into_contents())
             .unwrap_or_default();
-        crate::docker::canonical_pem(&der)
+        pem_encode("CERTIFICATE", &der)
     }
 
     /// The CA certificate as given in the request.
@@ -241,29 +244,6 @@ pub fn issue_server_cert(
     sign_leaf(ca, hostname, sans, usage, now, validity)
 }
 
-/// **For tests and benchmarks only.** Makes a self-signed EC P-256 CA named
-/// CN=`cn`, valid from 5 minutes ago for `validity`; returns `(cert_pem, key_pem)`.
-pub fn generate_test_ca(cn: &str, validity: Duration) -> Result<(String, String), CertError> {
-    let now = unix_secs(SystemTime::now());
-    let validity = i64::try_from(validity.as_secs()).unwrap_or(i64::MAX);
-    let mut params = base_params(cn, now - CLOCK_SKEW, now.saturating_add(validity))?;
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![Usage::KeyCertSign, Usage::CrlSign];
-    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
-    let cert = params.self_signed(&key)?;
-    Ok((cert.pem(), key.serialize_pem()))
-}
-
-/// **For tests and benchmarks only.** Issues a client certificate (EKU
-/// clientAuth, CN = `cn`, valid for a day or until the CA expires) with which
-/// a test talks to a segment's dockerd; returns `(cert_pem, key_pem)`.
-pub fn issue_client_cert(ca: &ClusterCa, cn: &str) -> Result<(String, String), CertError> {
-    let (usage, now) = (ExtendedKeyUsagePurpose::ClientAuth, SystemTime::now());
-    let validity = Duration::from_secs(24 * 3600);
-    let cert = sign_leaf(ca, cn, Vec::new(), usage, now, validity)?;
-    Ok((cert.cert_pem, cert.key_pem))
-}
-
 /// Issues a client certificate (EKU clientAuth, CN = `cn`) valid for
 /// `validity` from `now`, clamped to the CA's validity: the agent's own
 /// credential for a segment's Docker (readiness and health checks).
@@ -304,38 +284,10 @@ pub fn write_docker_tls(
         ("server-cert.pem", &server.cert_pem, 0o444, None),
     ];
     for (name, text, mode, owner) in files {
-        write_atomic_owned(dir, name, text.as_bytes(), mode, owner)?;
+        atomic::write_atomic_owned(dir, name, text.as_bytes(), mode, owner)?;
     }
     // Make the renames themselves durable.
-    File::open(dir)?.sync_all()
-}
-
-/// Writes `dir/name` atomically with `mode`: a temporary file created 0600,
-/// written, fsynced, given its mode, renamed over the old file.
-pub(crate) fn write_atomic(dir: &Path, name: &str, data: &[u8], mode: u32) -> io::Result<()> {
-    write_atomic_owned(dir, name, data, mode, None)
-}
-
-/// Like [`write_atomic`], the file owned by uid and gid `owner` if given.
-pub(crate) fn write_atomic_owned(
-    dir: &Path,
-    name: &str,
-    data: &[u8],
-    mode: u32,
-    owner: Option<u32>,
-) -> io::Result<()> {
-    // NamedTempFile is created O_EXCL with mode 0600, so the key is never
-    // readable by others, not even for an instant.
-    let mut tmp = tempfile::Builder::new().prefix(".tls.").tempfile_in(dir)?;
-    tmp.write_all(data)?;
-    if let Some(id) = owner {
-        std::os::unix::fs::fchown(tmp.as_file(), Some(id), Some(id))?;
-    }
-    tmp.as_file()
-        .set_permissions(Permissions::from_mode(mode))?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(dir.join(name)).map_err(|e| e.error)?;
-    Ok(())
+    atomic::sync_dir(dir)
 }
 
 /// A leaf certificate with a fresh EC P-256 key: `cn`, `sans` and one EKU.
@@ -557,7 +509,10 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn pem_encode(label: &str, der: &[u8]) -> String {
+/// The agent's one PEM encoder: `der` under `label`, LF line endings, so
+/// equal DER compares equal as text (the CA certificate in records, in
+/// `ca.pem` and in the metadata is always in this form).
+pub fn pem_encode(label: &str, der: &[u8]) -> String {
     let config = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
     pem::encode_config(&pem::Pem::new(label, der), config)
 }

@@ -1,16 +1,19 @@
 //! The agent's configuration: one TOML file, unknown keys rejected, every
 //! field defaulted, checked by [`Config::validate`] before anything starts.
 
+mod segments;
+
 use crate::{
     apparmor::ApparmorMode,
+    model::ImageName,
     network::filter::FilterMode,
-    segment::spec::{FlavorLimits, ImageName},
+    pool::{AddressPool, AddressRange, PoolError},
 };
+pub use segments::{CapacityConfig, FlavorConfig, IsolationConfig, LifecycleConfig};
 use serde::Deserialize;
 use std::{
     net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
-    time::Duration,
 };
 
 /// A configuration that cannot be used.
@@ -65,6 +68,11 @@ pub struct Config {
     /// no segment is created on a host without AppArmor. `off`: unconfined
     /// (development hosts only).
     pub apparmor: ApparmorMode,
+    /// `enforce`: each segment's writable parts are one btrfs subvolume
+    /// limited to its flavor's `disk_gib` (simple quotas), and no segment
+    /// is created where `<state_dir>/segments` cannot enforce that. `off`:
+    /// plain directories, no limit.
+    pub disk_quota: crate::quota::QuotaMode,
     /// Where the profile is installed (the directory the boot-time AppArmor
     /// service loads).
     pub apparmor_profile_dir: PathBuf,
@@ -244,6 +252,7 @@ impl Default for Config {
             state_dir: "/var/lib/segment-agent".into(),
             default_image: "docker".into(),
             apparmor: ApparmorMode::Enforce,
+            disk_quota: crate::quota::QuotaMode::Enforce,
             apparmor_profile_dir: crate::apparmor::DEFAULT_PROFILE_DIR.into(),
             listen: ListenConfig::default(),
             network: NetworkConfig::default(),
@@ -303,6 +312,39 @@ pub struct NetworkConfig {
     /// address (nftables bridge rules), and no segment starts on a host
     /// that cannot enforce that. `off`: unfiltered (hosts without nftables).
     pub filter: FilterMode,
+    /// Networks (`"198.51.100.0/24"`) off this bridge from which the swarm's
+    /// ports of segments pass: the other hosts' segment pools, for a
+    /// cluster whose swarm spans hosts. Empty (the default): only the
+    /// segment's swarm peers (its cluster's segments here, the managers its
+    /// swarm part names).
+    pub swarm_remote: Vec<String>,
+}
+
+impl NetworkConfig {
+    /// [`NetworkConfig::swarm_remote`], parsed.
+    pub fn swarm_remote_nets(&self) -> Result<Vec<ipnet::Ipv4Net>, ConfigError> {
+        self.swarm_remote
+            .iter()
+            .map(|n| {
+                n.parse::<ipnet::Ipv4Net>().map(|n| n.trunc()).map_err(|_| {
+                    invalid(
+                        "network.swarm_remote",
+                        format!("{n:?} is not an IPv4 network (198.51.100.0/24)"),
+                    )
+                })
+            })
+            .collect()
+    }
+}
+
+impl NetworkConfig {
+    /// The address pool of `ranges` in the gateway's network.
+    pub fn address_pool(&self) -> Result<AddressPool, ConfigError> {
+        let bad = |e: PoolError| invalid("network.ranges", e.to_string());
+        let ranges = self.ranges.iter().map(|r| r.parse::<AddressRange>());
+        let ranges = ranges.collect::<Result<Vec<_>, _>>().map_err(bad)?;
+        AddressPool::new(self.gateway, self.prefix, &ranges).map_err(bad)
+    }
 }
 
 impl Default for NetworkConfig {
@@ -313,161 +355,8 @@ impl Default for NetworkConfig {
             gateway: Ipv4Addr::new(203, 0, 113, 1),
             ranges: vec!["203.0.113.10-203.0.113.200".into()],
             filter: FilterMode::Enforce,
+            swarm_remote: Vec::new(),
         }
-    }
-}
-
-/// Flavor defaults and bounds.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct FlavorConfig {
-    /// Memory of a segment whose request says 0.
-    pub default_memory_mib: u32,
-    /// vCPUs of a segment whose request says 0.
-    pub default_vcpus: u32,
-    /// Smallest memory limit accepted.
-    pub min_memory_mib: u32,
-    /// Largest memory limit accepted.
-    pub max_memory_mib: u32,
-    /// Most vCPUs accepted.
-    pub max_vcpus: u32,
-}
-
-impl Default for FlavorConfig {
-    fn default() -> Self {
-        Self {
-            default_memory_mib: 4096,
-            default_vcpus: 2,
-            min_memory_mib: 128,
-            max_memory_mib: 16384,
-            max_vcpus: 8,
-        }
-    }
-}
-
-impl FlavorConfig {
-    /// The bounds as the segment module uses them.
-    pub fn limits(&self) -> FlavorLimits {
-        FlavorLimits {
-            default_memory_mib: self.default_memory_mib,
-            default_vcpus: self.default_vcpus,
-            min_memory_mib: self.min_memory_mib,
-            max_memory_mib: self.max_memory_mib,
-            max_vcpus: self.max_vcpus,
-        }
-    }
-}
-
-/// Admission limits. Caps are limits, not reservations: memory limits may add
-/// up to more than the host has, by `memory_overcommit_ratio`.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct CapacityConfig {
-    /// Most segments on this host.
-    pub max_segments: u32,
-    /// Memory kept for the host itself, not counted as allocatable.
-    pub reserved_memory_mib: u64,
-    /// Allocatable memory = (host memory - reserved) x this ratio.
-    pub memory_overcommit_ratio: f64,
-}
-
-impl Default for CapacityConfig {
-    fn default() -> Self {
-        Self {
-            max_segments: 64,
-            reserved_memory_mib: 2048,
-            memory_overcommit_ratio: 1.0,
-        }
-    }
-}
-
-/// How segments are kept apart from the host and from each other.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct IsolationConfig {
-    /// First host uid/gid of the block segments' user namespaces map to:
-    /// segment slot `k` gets `first_host_id + k * ids_per_segment` onwards.
-    /// Keep the block out of `/etc/subuid` ranges and real users.
-    pub first_host_id: u32,
-    /// Ids each segment maps (its uids and gids `0..ids_per_segment`);
-    /// at least 65536, what container images assume.
-    pub ids_per_segment: u32,
-    /// Most processes (and threads) in one segment: its `pids.max`.
-    pub pids_max: u32,
-    /// Docker segments: memory their containers can never take from the
-    /// management daemons (containerd, dockerd, the policy plugin): the
-    /// containers' cgroup is capped at the flavor's memory minus this (at
-    /// most a quarter of a small flavor).
-    pub management_memory_mib: u32,
-}
-
-impl Default for IsolationConfig {
-    fn default() -> Self {
-        Self {
-            first_host_id: 1_000_000,
-            ids_per_segment: 65_536,
-            pids_max: 4096,
-            management_memory_mib: 256,
-        }
-    }
-}
-
-impl IsolationConfig {
-    /// Checks the block fits host ids for `slots` segments.
-    fn validate(&self, slots: u32) -> Result<(), ConfigError> {
-        if self.ids_per_segment < 65_536 {
-            return Err(invalid(
-                "isolation.ids_per_segment",
-                "must be at least 65536",
-            ));
-        }
-        if self.first_host_id < 65_536 {
-            return Err(invalid(
-                "isolation.first_host_id",
-                "must be at least 65536 (host system and user ids live below)",
-            ));
-        }
-        let end =
-            u64::from(self.first_host_id) + u64::from(slots) * u64::from(self.ids_per_segment);
-        if end >= u64::from(u32::MAX) {
-            return Err(invalid(
-                "isolation.first_host_id",
-                format!(
-                    "{slots} segments (capacity.max_segments) of {} ids from {} pass the largest uid",
-                    self.ids_per_segment, self.first_host_id
-                ),
-            ));
-        }
-        if self.pids_max < 64 {
-            return Err(invalid("isolation.pids_max", "must be at least 64"));
-        }
-        Ok(())
-    }
-}
-
-/// Segment lifecycle timing.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct LifecycleConfig {
-    /// CFS period in microseconds (quota = vcpus x period).
-    pub cpu_period_us: u64,
-    /// Default wait for a graceful stop before it is forced.
-    pub stop_timeout_seconds: u32,
-}
-
-impl Default for LifecycleConfig {
-    fn default() -> Self {
-        Self {
-            cpu_period_us: 100_000,
-            stop_timeout_seconds: 30,
-        }
-    }
-}
-
-impl LifecycleConfig {
-    /// The default stop timeout.
-    pub fn stop_timeout(&self) -> Duration {
-        Duration::from_secs(self.stop_timeout_seconds.into())
     }
 }
 
@@ -595,28 +484,36 @@ impl Config {
         if !(1..=30).contains(&n.prefix) {
             return Err(invalid("network.prefix", "must be within 1..=30"));
         }
-        crate::pool::AddressPool::from_config(n).map(|_| ())
+        n.swarm_remote_nets()?;
+        n.address_pool().map(|_| ())
     }
 
     fn validate_flavor(&self) -> Result<(), ConfigError> {
-        let f = &self.flavor;
-        if f.min_memory_mib == 0 || f.min_memory_mib > f.max_memory_mib {
-            return Err(invalid(
-                "flavor.min_memory_mib",
-                "must be within 1..=max_memory_mib",
-            ));
+        let l = self.flavor.limits();
+        let fields = [
+            ("flavor.default_memory_mib", l.memory_mib),
+            ("flavor.default_vcpus", l.vcpus),
+            ("flavor.default_disk_gib", l.disk_gib),
+            ("flavor.default_pids", l.pids),
+            ("flavor.default_network_mbit", l.network_mbit),
+        ];
+        for (key, b) in fields {
+            if b.min == 0 || b.min > b.max {
+                return Err(invalid(key, "its bounds must satisfy 1 <= min <= max"));
+            }
+            if !(b.min..=b.max).contains(&b.default) {
+                return Err(invalid(
+                    key,
+                    format!("must lie within its bounds {}..={}", b.min, b.max),
+                ));
+            }
         }
-        if !(f.min_memory_mib..=f.max_memory_mib).contains(&f.default_memory_mib) {
-            return Err(invalid(
-                "flavor.default_memory_mib",
-                "must lie within the memory bounds",
-            ));
+        if self.flavor.min_pids < 64 {
+            return Err(invalid("flavor.min_pids", "must be at least 64"));
         }
-        if f.default_vcpus == 0 || f.default_vcpus > f.max_vcpus {
-            return Err(invalid(
-                "flavor.default_vcpus",
-                "must be within 1..=max_vcpus",
-            ));
+        // Mbit/s becomes KiB/s in libvirt's 32-bit bandwidth attributes.
+        if self.flavor.max_network_mbit > 100_000 {
+            return Err(invalid("flavor.max_network_mbit", "must be at most 100000"));
         }
         Ok(())
     }

@@ -3,7 +3,7 @@
 //! created from, and images are never changed in place (a new version is a
 //! new name), so a running segment's lower layer never moves under it.
 
-use crate::segment::spec::ImageName;
+use crate::model::ImageName;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 

@@ -9,21 +9,28 @@
 pub mod agent;
 pub mod api;
 pub mod apparmor;
+pub mod atomic;
 pub mod certs;
 pub mod cgroups;
 pub mod config;
 pub mod docker;
-pub mod events;
+pub mod errors;
 pub mod host;
 pub mod hypervisor;
 pub mod idmap;
 pub mod images;
 pub mod metrics;
+pub mod model;
 pub mod network;
 pub mod pool;
 pub mod preflight;
-pub mod proto;
+pub mod quota;
 pub mod report;
 pub mod segment;
+pub mod state_lock;
 pub mod storage;
 pub mod xml;
+
+/// The generated gRPC API (the `segment-proto` crate), at the path the
+/// agent's modules and clients name it by.
+pub use segment_proto as proto;

@@ -123,12 +123,17 @@ fn check(path: &Path) -> anyhow::Result<ExitCode> {
 async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     // Before anything changes: a second agent must not recover, sweep or
     // start what the running one manages.
+    let _state_lock = segment_agent::state_lock::StateLock::acquire(&config.state_dir)?;
     segment_agent::api::server::refuse_if_answered(&config.listen.socket)?;
     let host = HostFacts::read("/proc".as_ref(), &config.host_id)?;
     let mut settings = agent::settings(&config)?;
     let c = config.clone();
     settings.confinement =
         tokio::task::spawn_blocking(move || agent::confinement(&c, ApparmorParser::default()))
+            .await?;
+    let c = config.clone();
+    settings.disk =
+        tokio::task::spawn_blocking(move || agent::disk_limits(&c, agent::disk_quota(&c).as_ref()))
             .await?;
     let backends = agent::real_backends(&config);
     let (c, filter) = (config.clone(), backends.filter.clone());

@@ -2,8 +2,7 @@
 //! first, never one address for two segments. The pool itself is plain data;
 //! callers serialise access (the segment registry holds it under its lock).
 
-use crate::config::{ConfigError, NetworkConfig};
-use std::{collections::BTreeSet, net::Ipv4Addr};
+use std::{collections::BTreeSet, fmt, net::Ipv4Addr, str::FromStr};
 
 /// Every address of the pool is in use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -13,6 +12,83 @@ pub struct PoolExhausted {
     pub size: usize,
 }
 
+/// Why a pool cannot be built from its ranges.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PoolError {
+    /// A range is not `FIRST-LAST` or a single address.
+    #[error("{0:?} is not FIRST-LAST")]
+    Syntax(String),
+    /// No range at all.
+    #[error("at least one range is needed")]
+    Empty,
+    /// The gateway is its network's network or broadcast address.
+    #[error("gateway {gateway} is the network or broadcast address of /{prefix}")]
+    Gateway {
+        /// The gateway.
+        gateway: Ipv4Addr,
+        /// The network's prefix length.
+        prefix: u8,
+    },
+    /// A range ends before it starts.
+    #[error("{0:?} ends before it starts")]
+    Reversed(String),
+    /// A range leaves the network, or holds its network or broadcast address.
+    #[error(
+        "{range:?} is not inside {network}/{prefix} without its network and broadcast addresses"
+    )]
+    Outside {
+        /// The range.
+        range: String,
+        /// The network address.
+        network: Ipv4Addr,
+        /// The network's prefix length.
+        prefix: u8,
+    },
+    /// A range holds the gateway.
+    #[error("{range:?} holds the gateway {gateway}")]
+    HoldsGateway {
+        /// The range.
+        range: String,
+        /// The gateway.
+        gateway: Ipv4Addr,
+    },
+    /// Two ranges share addresses.
+    #[error("{0:?} overlaps another range")]
+    Overlap(String),
+}
+
+/// One range of addresses, `first..=last`, as written `FIRST-LAST` or as a
+/// single address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddressRange {
+    /// The first address.
+    pub first: Ipv4Addr,
+    /// The last address (equal to `first` for a single address).
+    pub last: Ipv4Addr,
+}
+
+impl FromStr for AddressRange {
+    type Err = PoolError;
+
+    fn from_str(text: &str) -> Result<Self, PoolError> {
+        let (first, last) = text.split_once('-').unwrap_or((text, text));
+        let parse = |a: &str| a.trim().parse().map_err(|_| PoolError::Syntax(text.into()));
+        Ok(Self {
+            first: parse(first)?,
+            last: parse(last)?,
+        })
+    }
+}
+
+impl fmt::Display for AddressRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.first == self.last {
+            true => write!(f, "{}", self.first),
+            false => write!(f, "{}-{}", self.first, self.last),
+        }
+    }
+}
+
 /// The configured addresses and which are in use.
 #[derive(Debug, Clone)]
 pub struct AddressPool {
@@ -20,61 +96,50 @@ pub struct AddressPool {
     used: BTreeSet<u32>,
 }
 
-fn parse_range(text: &str) -> Option<(u32, u32)> {
-    let (first, last) = text.split_once('-').unwrap_or((text, text));
-    let first: Ipv4Addr = first.trim().parse().ok()?;
-    let last: Ipv4Addr = last.trim().parse().ok()?;
-    Some((first.into(), last.into()))
-}
-
 impl AddressPool {
-    /// Builds the pool from `[network]`, checking that every range lies in the
-    /// gateway's network and holds neither the gateway, the network address
-    /// nor the broadcast address, and that ranges do not overlap.
-    pub fn from_config(net: &NetworkConfig) -> Result<Self, ConfigError> {
-        let bad = |reason: String| ConfigError::Invalid {
-            key: "network.ranges",
-            reason,
-        };
-        if net.ranges.is_empty() {
-            return Err(bad("at least one range is needed".into()));
+    /// Builds the pool of `ranges` in the network of `gateway`/`prefix`,
+    /// checking that every range lies in that network and holds neither the
+    /// gateway, the network address nor the broadcast address, and that
+    /// ranges do not overlap.
+    pub fn new(gateway: Ipv4Addr, prefix: u8, ranges: &[AddressRange]) -> Result<Self, PoolError> {
+        if ranges.is_empty() {
+            return Err(PoolError::Empty);
         }
-        let mask = u32::MAX
-            .checked_shl(32 - u32::from(net.prefix))
-            .unwrap_or(0);
-        let gateway = u32::from(net.gateway);
-        let (network, broadcast) = (gateway & mask, gateway | !mask);
-        if gateway == network || gateway == broadcast {
-            return Err(bad(format!(
-                "gateway {} is the network or broadcast address of /{}",
-                net.gateway, net.prefix
-            )));
+        let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+        let gw = u32::from(gateway);
+        let (network, broadcast) = (gw & mask, gw | !mask);
+        if gw == network || gw == broadcast {
+            return Err(PoolError::Gateway { gateway, prefix });
         }
-        let mut ranges: Vec<(u32, u32)> = Vec::new();
-        for text in &net.ranges {
-            let (first, last) =
-                parse_range(text).ok_or_else(|| bad(format!("{text:?} is not FIRST-LAST")))?;
+        let mut taken: Vec<(u32, u32)> = Vec::new();
+        for range in ranges {
+            let text = range.to_string();
+            let (first, last) = (u32::from(range.first), u32::from(range.last));
             if first > last {
-                return Err(bad(format!("{text:?} ends before it starts")));
+                return Err(PoolError::Reversed(text));
             }
             if first <= network || last >= broadcast || (first & mask) != network {
-                return Err(bad(format!(
-                    "{text:?} is not inside {}/{} without its network and broadcast addresses",
-                    Ipv4Addr::from(network),
-                    net.prefix
-                )));
+                let network = Ipv4Addr::from(network);
+                return Err(PoolError::Outside {
+                    range: text,
+                    network,
+                    prefix,
+                });
             }
-            if (first..=last).contains(&gateway) {
-                return Err(bad(format!("{text:?} holds the gateway {}", net.gateway)));
+            if (first..=last).contains(&gw) {
+                return Err(PoolError::HoldsGateway {
+                    range: text,
+                    gateway,
+                });
             }
-            if ranges.iter().any(|&(f, l)| first <= l && f <= last) {
-                return Err(bad(format!("{text:?} overlaps another range")));
+            if taken.iter().any(|&(f, l)| first <= l && f <= last) {
+                return Err(PoolError::Overlap(text));
             }
-            ranges.push((first, last));
+            taken.push((first, last));
         }
-        ranges.sort_unstable();
+        taken.sort_unstable();
         Ok(Self {
-            ranges,
+            ranges: taken,
             used: BTreeSet::new(),
         })
     }
@@ -131,12 +196,16 @@ impl AddressPool {
 mod tests {
     use super::*;
 
+    fn build(ranges: &[&str]) -> Result<AddressPool, PoolError> {
+        let ranges = ranges
+            .iter()
+            .map(|s| s.parse())
+            .collect::<Result<Vec<AddressRange>, _>>()?;
+        AddressPool::new(ip("203.0.113.1"), 24, &ranges)
+    }
+
     fn pool(ranges: &[&str]) -> AddressPool {
-        let net = NetworkConfig {
-            ranges: ranges.iter().map(|s| s.to_string()).collect(),
-            ..NetworkConfig::default()
-        };
-        AddressPool::from_config(&net).unwrap()
+        build(ranges).unwrap()
     }
 
     fn ip(s: &str) -> Ipv4Addr {
@@ -190,11 +259,7 @@ mod tests {
             vec![],
         ];
         for ranges in bad {
-            let net = NetworkConfig {
-                ranges: ranges.iter().map(|s| s.to_string()).collect(),
-                ..NetworkConfig::default()
-            };
-            assert!(AddressPool::from_config(&net).is_err(), "{ranges:?}");
+            assert!(build(&ranges).is_err(), "{ranges:?}");
         }
     }
 }

@@ -8,12 +8,18 @@
 //! files appear owned by the segment's root without a copy or a chown. What
 //! the segment writes lands in `upper/` owned by its own host ids.
 
-use crate::{idmap::IdRange, images::Image, segment::spec::SegmentId};
+use crate::{
+    idmap::IdRange,
+    images::Image,
+    model::SegmentId,
+    quota::{DiskQuota, DiskUsage, QuotaError},
+};
 use segment_mount::BindOptions;
 use std::{
     io,
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 /// A filesystem operation that failed.
@@ -27,6 +33,19 @@ pub struct StorageError {
     /// Why it failed.
     #[source]
     pub source: io::Error,
+}
+
+impl From<QuotaError> for StorageError {
+    fn from(e: QuotaError) -> Self {
+        match e {
+            QuotaError::Io { op, path, source } => StorageError { op, path, source },
+            QuotaError::Unsupported(reason) => StorageError {
+                op: "limit the disk of",
+                path: PathBuf::new(),
+                source: io::Error::other(reason),
+            },
+        }
+    }
 }
 
 fn err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StorageError {
@@ -105,13 +124,17 @@ impl SegmentDirs {
 /// Per-segment filesystems.
 pub trait SegmentStorage: Send + Sync + 'static {
     /// Creates (or, after a host reboot, remounts) the segment's filesystems,
-    /// owned by the segment's host ids `ids`. Idempotent.
+    /// owned by the segment's host ids `ids`, their writable parts limited
+    /// to `disk_bytes` together. Idempotent.
     fn prepare(
         &self,
         id: &SegmentId,
         image: &Image,
         ids: IdRange,
+        disk_bytes: u64,
     ) -> Result<SegmentDirs, StorageError>;
+    /// The disk use and limit of the segment; `None` without a quota.
+    fn disk_usage(&self, id: &SegmentId) -> Result<Option<DiskUsage>, StorageError>;
     /// Where the segment's directories are (no I/O).
     fn dirs(&self, id: &SegmentId) -> SegmentDirs;
     /// Unmounts and removes everything of the segment. Idempotent.
@@ -120,16 +143,27 @@ pub trait SegmentStorage: Send + Sync + 'static {
     fn list(&self) -> Result<Vec<SegmentId>, StorageError>;
 }
 
-/// The real store: overlayfs under `<state_dir>/segments`.
+/// The real store: overlayfs under `<state_dir>/segments`, each segment's
+/// directory one volume of `quota`.
 #[derive(Debug, Clone)]
 pub struct OverlayStorage {
     dir: PathBuf,
+    quota: Arc<dyn DiskQuota>,
 }
 
 impl OverlayStorage {
-    /// Segments under `dir` (normally `<state_dir>/segments`).
+    /// Segments under `dir` (normally `<state_dir>/segments`), without
+    /// disk limits.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into() }
+        Self::with_quota(dir, Arc::new(crate::quota::NoQuota))
+    }
+
+    /// Segments under `dir`, each limited by `quota`.
+    pub fn with_quota(dir: impl Into<PathBuf>, quota: Arc<dyn DiskQuota>) -> Self {
+        Self {
+            dir: dir.into(),
+            quota,
+        }
     }
 
     fn segment_dir(&self, id: &SegmentId) -> PathBuf {
@@ -199,8 +233,15 @@ impl SegmentStorage for OverlayStorage {
         id: &SegmentId,
         image: &Image,
         ids: IdRange,
+        disk_bytes: u64,
     ) -> Result<SegmentDirs, StorageError> {
         let base = self.segment_dir(id);
+        std::fs::create_dir_all(&self.dir).map_err(err("create", &self.dir))?;
+        // 0: a segment made before quotas, whose directory is a plain one.
+        match disk_bytes {
+            0 => std::fs::create_dir_all(&base).map_err(err("create", &base))?,
+            limit => self.quota.create(&base, limit)?,
+        }
         let dirs = SegmentDirs::under(&base);
         dirs.create()?;
         let (lower, upper, work) = (base.join("lower"), base.join("upper"), base.join("work"));
@@ -241,6 +282,14 @@ impl SegmentStorage for OverlayStorage {
         Ok(dirs)
     }
 
+    fn disk_usage(&self, id: &SegmentId) -> Result<Option<DiskUsage>, StorageError> {
+        let base = self.segment_dir(id);
+        if !base.exists() {
+            return Ok(None);
+        }
+        Ok(self.quota.usage(&base)?)
+    }
+
     fn dirs(&self, id: &SegmentId) -> SegmentDirs {
         SegmentDirs::under(&self.segment_dir(id))
     }
@@ -250,11 +299,8 @@ impl SegmentStorage for OverlayStorage {
         for mount in ["rootfs", "lower", "data"] {
             unmount(&base.join(mount))?;
         }
-        match std::fs::remove_dir_all(&base) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(err("remove", &base)(e)),
-        }
+        self.quota.remove(&base)?;
+        Ok(())
     }
 
     fn list(&self) -> Result<Vec<SegmentId>, StorageError> {
@@ -282,12 +328,21 @@ impl SegmentStorage for OverlayStorage {
 #[derive(Debug, Clone)]
 pub struct PlainDirStorage {
     dir: PathBuf,
+    quota: Arc<dyn DiskQuota>,
 }
 
 impl PlainDirStorage {
-    /// Segments under `dir`.
+    /// Segments under `dir`, with disk limits kept by a [`crate::quota::FakeQuota`].
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into() }
+        Self::with_quota(dir, Arc::new(crate::quota::FakeQuota::default()))
+    }
+
+    /// Segments under `dir`, each a volume of `quota`.
+    pub fn with_quota(dir: impl Into<PathBuf>, quota: Arc<dyn DiskQuota>) -> Self {
+        Self {
+            dir: dir.into(),
+            quota,
+        }
     }
 }
 
@@ -297,10 +352,17 @@ impl SegmentStorage for PlainDirStorage {
         id: &SegmentId,
         _image: &Image,
         _ids: IdRange,
+        disk_bytes: u64,
     ) -> Result<SegmentDirs, StorageError> {
-        let dirs = SegmentDirs::under(&self.dir.join(id.as_str()));
+        let base = self.dir.join(id.as_str());
+        self.quota.create(&base, disk_bytes)?;
+        let dirs = SegmentDirs::under(&base);
         dirs.create()?;
         Ok(dirs)
+    }
+
+    fn disk_usage(&self, id: &SegmentId) -> Result<Option<DiskUsage>, StorageError> {
+        Ok(self.quota.usage(&self.dir.join(id.as_str()))?)
     }
 
     fn dirs(&self, id: &SegmentId) -> SegmentDirs {
@@ -308,7 +370,7 @@ impl SegmentStorage for PlainDirStorage {
     }
 
     fn remove(&self, id: &SegmentId) -> Result<(), StorageError> {
-        OverlayStorage::new(&self.dir).remove(id)
+        OverlayStorage::with_quota(&self.dir, self.quota.clone()).remove(id)
     }
 
     fn list(&self) -> Result<Vec<SegmentId>, StorageError> {
@@ -319,7 +381,7 @@ impl SegmentStorage for PlainDirStorage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::segment::spec::ImageName;
+    use crate::model::ImageName;
     use std::os::unix::fs::MetadataExt;
 
     const IDS: IdRange = IdRange {
@@ -346,10 +408,10 @@ mod tests {
         let img = image(dir.path());
         let store = OverlayStorage::new(dir.path().join("segments"));
         let id = SegmentId::parse("s1").unwrap();
-        let dirs = store.prepare(&id, &img, IDS).unwrap();
+        let dirs = store.prepare(&id, &img, IDS, 1 << 30).unwrap();
         assert!(is_mount_point(&dirs.rootfs).unwrap());
         // Idempotent: a second prepare neither fails nor stacks a mount.
-        assert_eq!(store.prepare(&id, &img, IDS).unwrap(), dirs);
+        assert_eq!(store.prepare(&id, &img, IDS, 1 << 30).unwrap(), dirs);
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
         let base = std::fs::canonicalize(dir.path().join("segments/s1")).unwrap();
         for m in ["rootfs", "lower", "data"] {

@@ -9,11 +9,11 @@ use common::{
     FakeAgent, create_req,
     docker::{TestCa, docker_req},
 };
-use segment_agent::events::EventKind;
 use segment_agent::proto::agent::{
     ClusterTls, GetSegmentRequest, ListSegmentsRequest, RebuildSegmentRequest, SegmentState,
     StartSegmentRequest, StopSegmentRequest,
 };
+use segment_agent::segment::events::EventKind;
 use std::{
     path::Path,
     time::{Duration, Instant},

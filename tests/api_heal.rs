@@ -7,8 +7,8 @@ mod common;
 
 use common::FakeAgent;
 use segment_agent::{
-    events::EventKind,
     proto::agent::{GetSegmentRequest, SegmentState, StopSegmentRequest},
+    segment::events::EventKind,
 };
 use std::time::{Duration, Instant};
 

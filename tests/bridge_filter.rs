@@ -329,3 +329,120 @@ fn probe_passes_on_a_bridge_without_stp_and_changes_nothing() {
         "--check commits nothing: {listed}"
     );
 }
+
+/// Runs `f` on a thread inside the network namespace at `path` (sockets
+/// made there keep it).
+fn in_ns<T: Send>(path: &str, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let ns = std::fs::File::open(path).unwrap();
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            f()
+        })
+        .join()
+        .unwrap()
+    })
+}
+
+/// Which of `tcp` and `udp` (listening in the target namespace) a client
+/// in `from` reaches: a TCP handshake, a datagram received.
+fn reached(
+    from: &str,
+    to: Ipv4Addr,
+    tcp: &[std::net::TcpListener],
+    udp: &[std::net::UdpSocket],
+) -> Vec<(String, bool)> {
+    use std::time::Duration;
+    let mut out = Vec::new();
+    for l in tcp {
+        let port = l.local_addr().unwrap().port();
+        let addr = std::net::SocketAddr::from((to, port));
+        let ok = in_ns(from, || {
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(700)).is_ok()
+        });
+        out.push((format!("{port}/tcp"), ok));
+    }
+    for s in udp {
+        let port = s.local_addr().unwrap().port();
+        let marker = format!("{from}-{port}");
+        in_ns(from, || {
+            let c = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+            for _ in 0..3 {
+                c.send_to(marker.as_bytes(), (to, port)).unwrap();
+            }
+        });
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let mut buf = [0u8; 256];
+        let mut got = false;
+        while let Ok((n, _)) = s.recv_from(&mut buf) {
+            got |= buf[..n] == *marker.as_bytes();
+        }
+        out.push((format!("{port}/udp"), got));
+    }
+    out
+}
+
+#[test]
+fn the_swarm_ports_pass_only_between_swarm_peers() {
+    let lab = Lab::new("swm", &[2, 3, 4], false);
+    let ip = |i: usize| lab.segment(i).1.ip;
+    let (a, b) = (ip(0), ip(1));
+    let peers = |i: usize, p: Vec<Ipv4Addr>| SegmentPort::of(ip(i)).with_swarm_peers(p);
+    // A and B: one cluster; F (the third) another one.
+    let ports = [peers(0, vec![b]), peers(1, vec![a]), SegmentPort::of(ip(2))];
+    lab.filter(|f| f.install(&ports)).unwrap();
+    warm_up(&lab);
+    let tcp: Vec<_> = in_ns(lab.segment(0).0, || {
+        [2377, 7946, 8080].map(|p| std::net::TcpListener::bind(("0.0.0.0", p)).unwrap())
+    })
+    .into();
+    let udp: Vec<_> = in_ns(lab.segment(0).0, || {
+        [7946, 4789, 8081].map(|p| std::net::UdpSocket::bind(("0.0.0.0", p)).unwrap())
+    })
+    .into();
+    let swarm_port = |name: &str| !name.starts_with("808");
+    let expect = |from: &str, swarm_passes: bool| {
+        for (port, ok) in reached(from, a, &tcp, &udp) {
+            let want = swarm_passes || !swarm_port(&port);
+            assert_eq!(ok, want, "{port} from {from} to A");
+        }
+    };
+    let (peer, foreign, outside) = (lab.segment(1).0, lab.segment(2).0, lab.path("br"));
+    expect(peer, true);
+    expect(foreign, false);
+    expect(&outside, false);
+    // Another host of the service (network.swarm_remote; here the gateway's
+    // address, off the segment ports) reaches them; a segment with an
+    // address in that network still does not; configured away, closed again.
+    let remote = |nets: &str| {
+        let nets = nets
+            .split_whitespace()
+            .map(|n| n.parse().unwrap())
+            .collect();
+        let nft = Nft::new("br0").with_swarm_remote(nets);
+        in_ns(&lab.path("br"), || nft.install(&ports)).unwrap();
+    };
+    remote("203.0.113.1/32 203.0.113.4/32");
+    expect(&outside, true);
+    expect(foreign, false);
+    remote("");
+    expect(&outside, false);
+    // Revoked with B's port, the pairs leave with it: B's address, reused
+    // by another cluster's segment, reaches A's swarm ports no more.
+    lab.filter(|f| f.revoke(&ports[1])).unwrap();
+    lab.filter(|f| f.allow(&SegmentPort::of(b))).unwrap();
+    expect(peer, false);
+    let counters = nsenter_ok(
+        &lab.path("br"),
+        &[
+            "nft",
+            "list",
+            "counter",
+            "bridge",
+            "segment_agent",
+            "foreign_swarm",
+        ],
+    );
+    assert!(!counters.contains("packets 0 "), "{counters}");
+}

@@ -8,10 +8,11 @@
 mod common;
 
 use common::crash::{Moment, Switch, agent_over};
+use segment_agent::model::{Desired, SegmentId};
 use segment_agent::{
     api::convert,
     hypervisor::{Hypervisor, fake::FakeHypervisor},
-    segment::{Error, SegmentManager, SegmentState, spec::Desired, spec::SegmentId},
+    segment::{Error, SegmentManager, SegmentState},
 };
 use std::{sync::Arc, time::Duration};
 

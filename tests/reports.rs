@@ -68,6 +68,9 @@ async fn reports_follow_the_host_and_survive_a_control_plane_outage() {
     );
     assert!(!s1.docker_ready && s1.docker_reason.contains("no Docker"));
     assert_eq!(r.capacity.unwrap().segments_used, 1);
+    // Its disk quota (the default 20 GiB), and the host's promise.
+    assert_eq!((s1.disk_used_bytes, s1.disk_limit_bytes), (0, 20 << 30));
+    assert_eq!(r.host.unwrap().segments_disk_limit_bytes, 20 << 30);
 
     // Usage rises when the segment uses memory, seen at the 1 s interval.
     a.hv.set_memory_used("seg-s1", 300 << 20);
@@ -209,7 +212,8 @@ async fn watch_events_starts_with_a_snapshot_then_follows_changes() {
 /// without one, and the agent just backs off.
 #[tokio::test(flavor = "multi_thread")]
 async fn reports_use_mutual_tls_when_configured() {
-    use segment_agent::certs::{ClusterCa, generate_test_ca, issue_client_cert, issue_server_cert};
+    use segment_agent::certs::testing::{generate_test_ca, issue_client_cert};
+    use segment_agent::certs::{ClusterCa, issue_server_cert};
     use std::time::SystemTime;
     let day = Duration::from_secs(86_400);
     let (ca_pem, ca_key) = generate_test_ca("control-plane-ca", day).unwrap();

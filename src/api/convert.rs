@@ -1,16 +1,15 @@
 //! Conversions between protobuf messages and domain values.
 
+use crate::model::{
+    ClusterId, Flavor, ImageName, InvalidArgument, Labels, SegmentId, SegmentRequest, check_labels,
+    swarm::{SwarmMode, SwarmNode, SwarmRole, SwarmSpec},
+};
 use crate::{
     certs::ClusterCa,
     proto::agent as pb,
-    segment::{
-        Segment, SegmentState, Settings,
-        spec::{
-            ClusterId, ImageName, InvalidArgument, Labels, SegmentId, SegmentRequest, check_labels,
-        },
-    },
+    segment::{Segment, SegmentState, Settings},
 };
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 /// Largest `ca_cert_pem` or `ca_key_pem` accepted: a CA certificate is a
 /// few KiB, an RSA-4096 key about 3.3 KiB. The CA is kept with the segment
@@ -47,8 +46,14 @@ pub fn create_request(
 ) -> Result<(SegmentRequest, Option<ClusterCa>), InvalidArgument> {
     let id = SegmentId::parse(&req.segment_id)?;
     let cluster = ClusterId::parse(&req.cluster_id)?;
-    let flavor = req.flavor.unwrap_or_default();
-    let flavor = settings.flavor.resolve(flavor.memory_mib, flavor.vcpus)?;
+    let f = req.flavor.unwrap_or_default();
+    let flavor = settings.flavor.resolve(Flavor {
+        memory_mib: f.memory_mib,
+        vcpus: f.vcpus,
+        disk_gib: f.disk_gib,
+        pids: f.pids,
+        network_mbit: f.network_mbit,
+    })?;
     let image = if req.image.is_empty() {
         settings.default_image.clone()
     } else {
@@ -57,6 +62,7 @@ pub fn create_request(
     let labels: Labels = req.labels.into_iter().collect();
     check_labels(&labels)?;
     let ca = cluster_ca(req.tls)?;
+    let swarm = req.swarm.map(swarm_spec).transpose()?;
     let request = SegmentRequest {
         id,
         cluster,
@@ -64,8 +70,44 @@ pub fn create_request(
         image,
         labels,
         ca_cert_pem: ca.as_ref().map(ClusterCa::canonical_cert_pem),
+        swarm,
     };
     Ok((request, ca))
+}
+
+/// Validates the swarm part of a create.
+pub fn swarm_spec(s: pb::SwarmSpec) -> Result<SwarmSpec, InvalidArgument> {
+    let mode = match pb::SwarmMode::try_from(s.mode) {
+        Ok(pb::SwarmMode::Init) => SwarmMode::Init,
+        Ok(pb::SwarmMode::JoinManager) => SwarmMode::JoinManager,
+        Ok(pb::SwarmMode::JoinWorker) => SwarmMode::JoinWorker,
+        _ => {
+            return Err(InvalidArgument::new(
+                "swarm.mode",
+                format!(
+                    "{} is not SWARM_MODE_INIT, SWARM_MODE_JOIN_MANAGER or SWARM_MODE_JOIN_WORKER",
+                    s.mode
+                ),
+            ));
+        }
+    };
+    SwarmSpec::new(mode, &s.join_token, &s.manager_addresses)
+}
+
+impl From<SwarmNode> for pb::SwarmNode {
+    fn from(n: SwarmNode) -> Self {
+        let role = match n.role {
+            SwarmRole::Manager => pb::SwarmRole::Manager,
+            SwarmRole::Worker => pb::SwarmRole::Worker,
+        };
+        pb::SwarmNode {
+            node_id: n.node_id,
+            role: role as i32,
+            worker_join_token: n.worker_token.unwrap_or_default(),
+            manager_join_token: n.manager_token.unwrap_or_default(),
+            manager_addresses: n.managers.iter().map(|m| m.to_string()).collect(),
+        }
+    }
 }
 
 /// Validates a RebuildSegment request: the CA is required.
@@ -112,15 +154,6 @@ pub fn cluster_filter(value: &str) -> Result<Option<ClusterId>, InvalidArgument>
     }
 }
 
-/// A protobuf timestamp.
-pub fn timestamp(t: SystemTime) -> prost_types::Timestamp {
-    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    prost_types::Timestamp {
-        seconds: since.as_secs() as i64,
-        nanos: since.subsec_nanos() as i32,
-    }
-}
-
 impl From<SegmentState> for pb::SegmentState {
     fn from(s: SegmentState) -> Self {
         match s {
@@ -138,7 +171,11 @@ impl From<Segment> for pb::Segment {
         let r = s.record;
         // Segments of Docker images carry their cluster's CA.
         let docker_endpoint = match &r.request.ca_cert_pem {
-            Some(_) => format!("tcp://{}:{}", r.address, crate::docker::DOCKER_TLS_PORT),
+            Some(_) => format!(
+                "tcp://{}:{}",
+                r.address,
+                segment_policy::front::DOCKER_TLS_PORT
+            ),
             None => String::new(),
         };
         pb::Segment {
@@ -149,10 +186,17 @@ impl From<Segment> for pb::Segment {
             flavor: Some(pb::Flavor {
                 memory_mib: r.request.flavor.memory_mib,
                 vcpus: r.request.flavor.vcpus,
+                disk_gib: r.request.flavor.disk_gib,
+                pids: r.request.flavor.pids,
+                network_mbit: r.request.flavor.network_mbit,
+            }),
+            disk: s.disk.map(|d| pb::DiskUsage {
+                used_bytes: d.used_bytes,
+                limit_bytes: d.limit_bytes,
             }),
             image: r.request.image.to_string(),
             labels: r.request.labels.into_iter().collect(),
-            created_at: Some(timestamp(r.created_at)),
+            created_at: Some(crate::proto::timestamp(r.created_at)),
             state_reason: s.reason,
             docker_endpoint,
             // Only GetSegment with include_ca_cert repeats the CA itself.
@@ -163,8 +207,9 @@ impl From<Segment> for pb::Segment {
                 .as_deref()
                 .and_then(crate::certs::pem_fingerprint)
                 .unwrap_or_default(),
-            server_cert_not_after: r.server_cert_not_after.map(timestamp),
+            server_cert_not_after: r.server_cert_not_after.map(crate::proto::timestamp),
             restarts: r.restarts,
+            swarm: r.swarm.map(Into::into),
         }
     }
 }

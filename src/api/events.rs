@@ -2,11 +2,11 @@
 //! state change; a watcher that falls behind gets a fresh snapshot instead of
 //! a silent gap.
 
-use super::convert;
+use crate::model::ClusterId;
 use crate::{
-    events::{Event, EventKind},
     proto::agent as pb,
-    segment::{SegmentManager, spec::ClusterId},
+    segment::SegmentManager,
+    segment::events::{Event, EventKind},
 };
 use std::{pin::Pin, sync::Arc, time::SystemTime};
 use tokio::sync::{broadcast::error::RecvError, mpsc};
@@ -36,7 +36,7 @@ fn message(
     pb::SegmentEvent {
         r#type: t as i32,
         segment,
-        time: Some(convert::timestamp(time)),
+        time: Some(crate::proto::timestamp(time)),
         sequence,
     }
 }

@@ -7,7 +7,7 @@ use crate::{
     proto::agent::{self as pb, segment_agent_server::SegmentAgent},
     segment::SegmentManager,
 };
-use crate::{metrics::rpc::code_name, segment::spec::SegmentId};
+use crate::{metrics::rpc::code_name, model::SegmentId};
 use std::{sync::Arc, time::Instant};
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
@@ -214,7 +214,7 @@ impl SegmentAgent for SegmentAgentService {
     }
 
     async fn get_host(&self, _request: Request<pb::GetHostRequest>) -> Reply<pb::Host> {
-        let libvirt_version = self.manager.hypervisor_version().await?.libvirt;
+        let libvirt_version = self.manager.hypervisor_facts().await?.libvirt;
         let (usage, capacity) = self.manager.usage();
         Ok(Response::new(pb::Host {
             host_id: self.host.host_id.clone(),

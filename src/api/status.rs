@@ -1,10 +1,7 @@
 //! The one place where domain errors become gRPC status codes.
 
-use crate::{
-    certs::CertError,
-    hypervisor::HvError,
-    segment::{Error, spec::InvalidArgument},
-};
+use crate::model::InvalidArgument;
+use crate::{certs::CertError, hypervisor::HvError, segment::Error};
 use tonic::{Code, Status};
 
 impl From<Error> for Status {
@@ -37,7 +34,7 @@ impl From<InvalidArgument> for Status {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::segment::spec::SegmentId;
+    use crate::model::SegmentId;
     use std::time::SystemTime;
 
     #[test]

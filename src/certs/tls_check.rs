@@ -87,7 +87,8 @@ mod tests {
 
     #[test]
     fn an_ordinary_ca_passes() {
-        let (cert, key) = super::super::generate_test_ca("ok", Duration::from_secs(3600)).unwrap();
+        let (cert, key) =
+            super::super::testing::generate_test_ca("ok", Duration::from_secs(3600)).unwrap();
         assert!(ClusterCa::from_pem(&cert, &key, SystemTime::now()).is_ok());
     }
 }

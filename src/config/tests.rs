@@ -8,6 +8,13 @@ fn defaults_are_valid() {
     assert_eq!(c, Config::default());
     assert_eq!(c.flavor.default_memory_mib, 4096);
     assert_eq!(c.listen.socket, Path::new("/run/segment-agent/agent.sock"));
+    let remote = Config::from_toml("[network]\nswarm_remote = [\"198.51.100.7/24\"]").unwrap();
+    let nets = remote.network.swarm_remote_nets().unwrap();
+    assert_eq!(
+        nets,
+        vec!["198.51.100.0/24".parse().unwrap()],
+        "host bits dropped"
+    );
 }
 
 #[test]
@@ -41,7 +48,40 @@ fn rejects_bad_values() {
         ("[network]\nranges = [\"198.51.100.5\"]", "network.ranges"),
         ("[network]\nranges = [\"203.0.113.1\"]", "network.ranges"),
         ("[network]\nprefix = 31", "network.prefix"),
+        (
+            "[network]\nswarm_remote = [\"198.51.100.0\"]",
+            "network.swarm_remote",
+        ),
+        (
+            "[network]\nswarm_remote = [\"2001:db8::/32\"]",
+            "network.swarm_remote",
+        ),
         ("[flavor]\ndefault_vcpus = 9", "flavor.default_vcpus"),
+        (
+            "[flavor]\ndefault_disk_gib = 501",
+            "flavor.default_disk_gib",
+        ),
+        ("[flavor]\nmin_disk_gib = 0", "flavor.default_disk_gib"),
+        (
+            "[flavor]\nmin_pids = 32\ndefault_pids = 64",
+            "flavor.min_pids",
+        ),
+        ("[flavor]\nmax_pids = 100", "flavor.default_pids"),
+        (
+            "[flavor]\ndefault_network_mbit = 0",
+            "flavor.default_network_mbit",
+        ),
+        (
+            "[flavor]\nmax_network_mbit = 200000",
+            "flavor.max_network_mbit",
+        ),
+        (
+            "[isolation]\npids_max = 4096",
+            "moved to flavor.default_pids",
+        ),
+        ("[isolation]\nio_weight = 99", "isolation.io_weight"),
+        ("[isolation]\nio_weight = 1001", "isolation.io_weight"),
+        ("disk_quota = \"maybe\"", "disk_quota"),
         (
             "[capacity]\nmemory_overcommit_ratio = 0.0",
             "memory_overcommit_ratio",

@@ -3,34 +3,30 @@
 //! restart of dockerd without any shell or exec path into the segment.
 //!
 //! The image's supervisor (PID 1's child, see `scripts/image-files/supervisor`)
-//! starts containerd, the `segment-authz` policy plugin and dockerd once
+//! starts containerd, the `segment-authz` policy plugin, dockerd (on its
+//! unix socket only) and the mutual-TLS front on 2376 ([`segment_policy::front`]) once
 //! `daemon.json` exists, and on SIGUSR1 to the segment's init restarts the
-//! plugin and dockerd, which re-read their configuration; `live-restore`
-//! keeps the containers running through it.
+//! plugin and has the front load the certificates again: dockerd is never
+//! restarted by a rebuild, so it runs without `live-restore`, which swarm
+//! mode refuses.
 //!
-//! The usage policy itself ([`policy`], served by [`authz`] from the
+//! The usage policy itself ([`segment_policy::policy`], served by [`segment_policy::authz`] from the
 //! `segment-authz` binary inside every segment) refuses what the service
 //! forbids: privileged containers, capability changes, host namespaces,
 //! devices, bind mounts outside `/var/lib/docker` and the rest.
 
-pub mod authz;
-pub mod inspect;
-pub mod policy;
 pub mod probe;
-pub mod resolver;
+pub mod swarm;
 
 use crate::{
-    certs::{ServerCert, write_atomic},
+    atomic::{self, write_atomic},
+    certs::ServerCert,
     storage::SegmentDirs,
     xml::FilesystemMount,
 };
+use segment_policy::agent_token;
 use std::{io, path::Path};
 
-/// The port dockerd listens on with mutual TLS.
-pub const DOCKER_TLS_PORT: u16 = 2376;
-/// Name of the authorization plugin dockerd consults (socket
-/// `/run/docker/plugins/segment-policy.sock` inside the segment).
-pub const AUTHZ_PLUGIN: &str = "segment-policy";
 /// Where the agent's tools appear inside a segment (read-only bind).
 pub const TOOLS_MOUNT: &str = "/opt/segment-agent";
 /// The policy plugin binary, relative to the tools directory.
@@ -76,25 +72,25 @@ pub const LOG_MAX_SIZE: &str = "10m";
 /// See [`LOG_MAX_SIZE`].
 pub const LOG_MAX_FILES: &str = "3";
 
-/// `daemon.json` for a segment: mutual TLS on 2376 and the local socket,
-/// live-restore, the policy plugin, and the daemon hardening of the CIS
+/// `daemon.json` for a segment: the local socket only (the front serves
+/// mutual TLS on 2376 and forwards to it), the policy plugin, no
+/// `live-restore` (swarm mode refuses it; rebuilds no longer restart
+/// dockerd), and the daemon hardening of the CIS
 /// Docker Benchmark that applies to a segment (section 2; the README's
 /// "The CIS Docker Benchmark" lists the checks that do not apply, and why).
 /// `containerd` and `cgroup-parent` are flags of the supervisor and must not
 /// appear here (dockerd refuses a key given both ways).
 pub fn daemon_json() -> String {
     let config = serde_json::json!({
-        "hosts": [format!("tcp://0.0.0.0:{DOCKER_TLS_PORT}"), "unix:///var/run/docker.sock"],
-        "tls": true,
-        "tlsverify": true,
-        "tlscacert": "/etc/docker/ca.pem",
-        "tlscert": "/etc/docker/server-cert.pem",
-        "tlskey": "/etc/docker/server-key.pem",
-        "live-restore": true,
+        "hosts": ["unix:///var/run/docker.sock"],
         "data-root": DATA_ROOT,
+        // The data root is on the segment's btrfs subvolume, where dockerd
+        // would pick its btrfs driver: its layers would be subvolumes the
+        // segment's unprivileged root cannot delete.
+        "storage-driver": "overlay2",
         // dockerd's identity key; /etc/docker is read-only to the segment.
         "deprecated-key-path": format!("{DATA_ROOT}/key.json"),
-        "authorization-plugins": [AUTHZ_PLUGIN],
+        "authorization-plugins": [segment_policy::authz::PLUGIN_NAME],
         // CIS 2.3; the supervisor rotates dockerd's own log.
         "log-level": "info",
         // CIS 2.2: containers on the default bridge reach each other only
@@ -126,7 +122,7 @@ pub fn write_config(
 ) -> io::Result<()> {
     crate::certs::write_docker_tls(dir, ca_pem, server, key_owner)?;
     write_atomic(dir, "daemon.json", daemon_json().as_bytes(), 0o444)?;
-    std::fs::File::open(dir)?.sync_all()
+    atomic::sync_dir(dir)
 }
 
 /// Writes the agent's own client certificate for a segment's Docker into
@@ -140,7 +136,55 @@ pub fn write_agent_tls(dir: &Path, ca_pem: &str, cert_pem: &str, key_pem: &str) 
     ] {
         write_atomic(dir, name, text.as_bytes(), mode)?;
     }
-    std::fs::File::open(dir)?.sync_all()
+    atomic::sync_dir(dir)
+}
+
+/// Writes the agent's swarm token ([`agent_token`]): into the segment's
+/// `/etc/docker` for the plugin (0400, owned by `key_owner`, the segment's
+/// root) and into the host-only agent directory for the agent's client.
+/// A rebuild writes a new one.
+pub fn write_agent_token(
+    dirs: &SegmentDirs,
+    token: &str,
+    key_owner: Option<u32>,
+) -> io::Result<()> {
+    let text = format!("{token}\n");
+    std::fs::create_dir_all(&dirs.docker_config)?;
+    atomic::write_atomic_owned(
+        &dirs.docker_config,
+        agent_token::FILE,
+        text.as_bytes(),
+        0o400,
+        key_owner,
+    )?;
+    write_atomic(&dirs.agent_tls, agent_token::FILE, text.as_bytes(), 0o600)
+}
+
+/// The swarm join tokens of a segment, in its host-only agent directory
+/// (never in libvirt's XML, which libvirt's read-only socket shows).
+pub const SWARM_SECRETS: &str = "swarm-tokens.json";
+
+/// The secrets of a segment's swarm part.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SwarmSecrets {
+    /// The token the segment joined with.
+    pub join_token: Option<String>,
+    /// For a manager: its swarm's worker token.
+    pub worker_token: Option<String>,
+    /// For a manager: its swarm's manager token.
+    pub manager_token: Option<String>,
+}
+
+/// Writes `secrets` into the host-only directory `dir` (0600). Blocks.
+pub fn write_swarm_secrets(dir: &Path, secrets: &SwarmSecrets) -> io::Result<()> {
+    let text = serde_json::to_string(secrets).map_err(io::Error::other)?;
+    write_atomic(dir, SWARM_SECRETS, text.as_bytes(), 0o600)
+}
+
+/// Reads what [`write_swarm_secrets`] wrote (`None` if absent or unreadable).
+pub fn read_swarm_secrets(dir: &Path) -> Option<SwarmSecrets> {
+    let text = std::fs::read(dir.join(SWARM_SECRETS)).ok()?;
+    serde_json::from_slice(&text).ok()
 }
 
 /// Reads what [`write_agent_tls`] wrote, as a probe's TLS client.
@@ -159,16 +203,6 @@ pub fn request_restart(init_pid: u32) -> io::Result<()> {
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGUSR1).map_err(io::Error::from)
 }
 
-/// The CA certificate in a canonical PEM form (LF line endings, one
-/// certificate), so equal certificates compare equal as strings.
-pub fn canonical_pem(der: &[u8]) -> String {
-    let block = pem::Pem::new("CERTIFICATE", der.to_vec());
-    pem::encode_config(
-        &block,
-        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,9 +211,16 @@ mod tests {
     #[test]
     fn daemon_json_is_what_the_supervisor_expects() {
         let v: serde_json::Value = serde_json::from_str(&daemon_json()).unwrap();
-        assert_eq!(v["hosts"][0], "tcp://0.0.0.0:2376");
-        assert_eq!(v["tlsverify"], true);
-        assert_eq!(v["live-restore"], true);
+        // The front listens on 2376 and dockerd only on its socket: the
+        // supervisor starts the front for a daemon.json without tcp://.
+        assert_eq!(
+            v["hosts"],
+            serde_json::json!(["unix:///var/run/docker.sock"])
+        );
+        assert!(!daemon_json().contains("tcp://"));
+        // Swarm mode refuses live-restore.
+        assert!(v.get("live-restore").is_none());
+        assert_eq!(v["storage-driver"], "overlay2");
         assert_eq!(v["authorization-plugins"][0], "segment-policy");
         // Flags of the supervisor: dockerd refuses a key set both ways.
         assert!(v.get("containerd").is_none() && v.get("cgroup-parent").is_none());
@@ -190,16 +231,14 @@ mod tests {
     #[test]
     fn daemon_json_carries_the_cis_hardening() {
         let v: serde_json::Value = serde_json::from_str(&daemon_json()).unwrap();
-        let cases: [(&str, serde_json::Value); 10] = [
+        let cases: [(&str, serde_json::Value); 8] = [
             ("icc", false.into()),        // 2.2
             ("log-level", "info".into()), // 2.3
-            ("tlsverify", true.into()),   // 2.7
             (
                 "authorization-plugins",
                 serde_json::json!(["segment-policy"]),
             ), // 2.12
             ("no-new-privileges", true.into()), // 2.14
-            ("live-restore", true.into()), // 2.15
             ("userland-proxy", false.into()), // 2.16
             ("log-driver", "json-file".into()),
             (
@@ -213,21 +252,20 @@ mod tests {
         }
         // Defaults the benchmark checks by absence: iptables management on
         // (2.4), no insecure registries (2.5), no experimental features (2.18).
-        for key in [
-            "iptables",
-            "insecure-registries",
-            "experimental",
-            "storage-driver",
-        ] {
+        for key in ["iptables", "insecure-registries", "experimental"] {
             assert!(v.get(key).is_none(), "daemon.json must not set {key}");
         }
+        // Not aufs (the benchmark's storage-driver check): overlay2, pinned
+        // because the data root sits on the segment's btrfs subvolume.
+        assert_eq!(v["storage-driver"], "overlay2");
     }
 
     #[test]
     fn writes_all_files_with_their_modes() {
         let dir = tempfile::tempdir().unwrap();
         let (ca_pem, ca_key) =
-            crate::certs::generate_test_ca("t", std::time::Duration::from_secs(3600)).unwrap();
+            crate::certs::testing::generate_test_ca("t", std::time::Duration::from_secs(3600))
+                .unwrap();
         let ca = crate::certs::ClusterCa::from_pem(&ca_pem, &ca_key, std::time::SystemTime::now())
             .unwrap();
         let server = crate::certs::issue_server_cert(

@@ -1,9 +1,12 @@
 //! Readiness of a segment's Docker: `GET /_ping` over mutual TLS on its
 //! public address, as a customer's client would reach it.
 
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Bytes;
+use hyper::{Request, StatusCode};
+use hyper_util::rt::TokioIo;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use std::{net::SocketAddr, sync::Arc, time::Duration};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::{
     TlsConnector,
     rustls::{self, ClientConfig, RootCertStore, pki_types::ServerName},
@@ -47,6 +50,11 @@ impl ProbeTls {
             config: Arc::new(config),
         })
     }
+
+    /// The rustls client configuration (shared with the swarm client).
+    pub(crate) fn config(&self) -> Arc<ClientConfig> {
+        self.config.clone()
+    }
 }
 
 /// Pings a Docker daemon; the seam that tests replace.
@@ -56,39 +64,71 @@ pub trait DockerProbe: Send + Sync + 'static {
     async fn ping(&self, endpoint: SocketAddr, tls: &ProbeTls) -> Result<(), ProbeError>;
 }
 
-/// The real probe: TCP, TLS with the server's IP as its name, HTTP/1.1.
+/// Largest `/_ping` answer read.
+const MAX_ANSWER: usize = 4096;
+
+/// The real probe: TCP, TLS with the server's IP as its name, HTTP/1.1
+/// (hyper's client).
 pub struct TlsPing;
 
 #[async_trait::async_trait]
 impl DockerProbe for TlsPing {
     async fn ping(&self, endpoint: SocketAddr, tls: &ProbeTls) -> Result<(), ProbeError> {
-        let err =
-            |what: &str, e: &dyn std::fmt::Display| ProbeError(format!("{what} {endpoint}: {e}"));
-        let tcp = tokio::net::TcpStream::connect(endpoint)
+        let request = Request::get("/_ping").body(Full::default());
+        let (status, body) = exchange(endpoint, tls.config.clone(), request, MAX_ANSWER)
             .await
-            .map_err(|e| err("connect", &e))?;
-        let name = ServerName::IpAddress(endpoint.ip().into());
-        let mut stream = TlsConnector::from(tls.config.clone())
-            .connect(name, tcp)
-            .await
-            .map_err(|e| err("TLS handshake with", &e))?;
-        let request =
-            format!("GET /_ping HTTP/1.1\r\nHost: {endpoint}\r\nConnection: close\r\n\r\n");
-        stream
-            .write_all(request.as_bytes())
-            .await
-            .map_err(|e| err("write to", &e))?;
-        let mut response = Vec::new();
-        // A TLS peer may close without close_notify; what was read counts.
-        let _ = stream.read_to_end(&mut response).await;
-        let text = String::from_utf8_lossy(&response);
-        if text.starts_with("HTTP/1.1 200") && text.trim_end().ends_with("OK") {
+            .map_err(ProbeError)?;
+        // dockerd answers `OK`.
+        if status == StatusCode::OK && body.trim_ascii_end().ends_with(b"OK") {
             Ok(())
         } else {
-            let line = text.lines().next().unwrap_or("no response");
-            Err(ProbeError(format!("{endpoint} answered {line:?}")))
+            Err(ProbeError(format!(
+                "{endpoint} answered \"HTTP/1.1 {status}\""
+            )))
         }
     }
+}
+
+/// One HTTP/1.1 request to a segment's Docker over mutual TLS (TCP, TLS
+/// with the server's IP as its name, hyper's client), its status and body,
+/// the body read to at most `limit` bytes. The readiness probe and the
+/// agent's swarm client share it. Errors name the step and the endpoint.
+pub(crate) async fn exchange(
+    endpoint: SocketAddr,
+    config: Arc<ClientConfig>,
+    request: Result<Request<Full<Bytes>>, hyper::http::Error>,
+    limit: usize,
+) -> Result<(StatusCode, Bytes), String> {
+    let err = |what: &str, e: &dyn std::fmt::Display| format!("{what} {endpoint}: {e}");
+    let mut request = request.map_err(|e| err("request to", &e))?;
+    let host = endpoint
+        .to_string()
+        .parse()
+        .map_err(|e| err("request to", &e))?;
+    request.headers_mut().insert(hyper::header::HOST, host);
+    let tcp = tokio::net::TcpStream::connect(endpoint)
+        .await
+        .map_err(|e| err("connect", &e))?;
+    let name = ServerName::IpAddress(endpoint.ip().into());
+    let stream = TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| err("TLS handshake with", &e))?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| err("HTTP handshake with", &e))?;
+    tokio::spawn(connection);
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| err("request to", &e))?;
+    let status = response.status();
+    let body = Limited::new(response.into_body(), limit)
+        .collect()
+        .await
+        .map_err(|e| err(&format!("answer (at most {limit} bytes) from"), &e))?
+        .to_bytes();
+    Ok((status, body))
 }
 
 /// Pings until Docker answers or `timeout` passes; returns the last error.

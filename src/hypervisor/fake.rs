@@ -1,11 +1,16 @@
-//! An in-memory hypervisor for fast tests: domains are XML strings, and
-//! failures can be injected per operation.
+//! An in-memory hypervisor for fast tests: domains are XML strings,
+//! failures and delays can be injected per operation, requests can be
+//! limited like libvirtd's per client, and lifecycle events are emitted
+//! like libvirt's (or lost, on request).
 
-use super::{DomainEntry, DomainUsage, HvError, Hypervisor, HypervisorVersion, InterfaceCounters};
-use crate::{segment::spec::DOMAIN_PREFIX, xml::metadata};
+use super::{
+    DomainEntry, DomainUsage, EventSink, HvError, HvEvent, Hypervisor, HypervisorVersion,
+    InterfaceCounters,
+};
+use crate::{model::DOMAIN_PREFIX, xml::metadata};
 use std::{
     collections::{BTreeMap, HashSet},
-    sync::Mutex,
+    sync::{Condvar, Mutex},
 };
 
 #[derive(Debug, Default)]
@@ -17,6 +22,26 @@ struct State {
     ignore_shutdown: bool,
     calls: Vec<String>,
     usage: BTreeMap<String, u64>,
+    /// At most this many calls at once (libvirtd's `max_client_requests`).
+    limit: Option<usize>,
+    in_flight: usize,
+    /// Events not yet delivered (sent once the state lock is released).
+    pending: Vec<HvEvent>,
+    /// Domain events are lost (a libvirtd that sends none).
+    muted: bool,
+}
+
+impl State {
+    /// Queues a domain event; lost while muted or while libvirtd is down
+    /// (no connection to carry it).
+    fn emit(&mut self, name: &str, running: bool) {
+        if !self.muted && !self.down {
+            self.pending.push(HvEvent::Domain {
+                name: name.to_owned(),
+                running,
+            });
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -31,9 +56,20 @@ struct FakeDomain {
 pub const FAKE_INIT_PID: u32 = 4_194_404;
 
 /// A hypervisor that keeps domains in memory.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct FakeHypervisor {
     state: Mutex<State>,
+    /// Signalled when a limited request slot frees up.
+    freed: Condvar,
+    sink: Mutex<Option<EventSink>>,
+}
+
+impl std::fmt::Debug for FakeHypervisor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FakeHypervisor")
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
 }
 
 fn domain_name(xml: &str) -> Option<String> {
@@ -60,7 +96,35 @@ impl FakeHypervisor {
 
     /// Simulates libvirtd going down (true) or coming back (false).
     pub fn set_down(&self, down: bool) {
-        self.state.lock().unwrap().down = down;
+        let mut s = self.state.lock().unwrap();
+        s.down = down;
+        s.pending.push(match down {
+            true => HvEvent::Disconnected,
+            false => HvEvent::Connected,
+        });
+        drop(s);
+        self.deliver();
+    }
+
+    /// At most `n` calls run at once, the others wait (libvirtd serves
+    /// `max_client_requests`, 5 by default, per connection); a slow call
+    /// ([`Self::slow_on`]) holds its slot while it sleeps.
+    pub fn limit_requests(&self, n: usize) {
+        self.state.lock().unwrap().limit = Some(n);
+    }
+
+    /// Loses every later domain event (true), as when libvirtd sends none,
+    /// or delivers them again (false).
+    pub fn mute_events(&self, muted: bool) {
+        self.state.lock().unwrap().muted = muted;
+    }
+
+    /// Sends what is pending to the watcher, outside the state lock.
+    fn deliver(&self) {
+        let pending = std::mem::take(&mut self.state.lock().unwrap().pending);
+        if let Some(sink) = self.sink.lock().unwrap().as_ref() {
+            pending.into_iter().for_each(sink);
+        }
     }
 
     /// The operations called so far, as "op name".
@@ -110,9 +174,14 @@ impl FakeHypervisor {
 
     /// Stops a domain behind the agent's back (as a crash would).
     pub fn crash(&self, name: &str) {
-        if let Some(d) = self.state.lock().unwrap().domains.get_mut(name) {
-            d.running = false;
+        let mut s = self.state.lock().unwrap();
+        if let Some(d) = s.domains.get_mut(name)
+            && std::mem::replace(&mut d.running, false)
+        {
+            s.emit(name, false);
         }
+        drop(s);
+        self.deliver();
     }
 
     fn with<T>(
@@ -121,13 +190,41 @@ impl FakeHypervisor {
         name: &str,
         f: impl FnOnce(&mut State) -> Result<T, HvError>,
     ) -> Result<T, HvError> {
-        let slow = self.state.lock().unwrap().slow;
+        let slow = self.acquire();
         if let Some((slow_op, delay)) = slow
             && slow_op == op
         {
             // Outside the lock, as a slow libvirtd call would be.
             std::thread::sleep(delay);
         }
+        let result = self.call(op, name, f);
+        self.release();
+        self.deliver();
+        result
+    }
+
+    /// Waits for a request slot when requests are limited; returns the
+    /// slow operation, if any.
+    fn acquire(&self) -> Option<(&'static str, std::time::Duration)> {
+        let mut s = self.state.lock().unwrap();
+        while s.limit.is_some_and(|n| s.in_flight >= n) {
+            s = self.freed.wait(s).unwrap();
+        }
+        s.in_flight += 1;
+        s.slow
+    }
+
+    fn release(&self) {
+        self.state.lock().unwrap().in_flight -= 1;
+        self.freed.notify_one();
+    }
+
+    fn call<T>(
+        &self,
+        op: &'static str,
+        name: &str,
+        f: impl FnOnce(&mut State) -> Result<T, HvError>,
+    ) -> Result<T, HvError> {
         let mut s = self.state.lock().unwrap();
         if s.down {
             return Err(HvError::Unavailable("fake libvirtd is down".into()));
@@ -222,6 +319,7 @@ impl Hypervisor for FakeHypervisor {
                 });
             }
             d.running = true;
+            s.emit(name, true);
             Ok(())
         })
     }
@@ -230,21 +328,29 @@ impl Hypervisor for FakeHypervisor {
         self.with("shutdown", name, |s| {
             let ignore = s.ignore_shutdown;
             let d = Self::domain(s, name)?;
+            let was = d.running;
             d.running = d.running && ignore;
+            if was && !d.running {
+                s.emit(name, false);
+            }
             Ok(())
         })
     }
 
     fn destroy(&self, name: &str) -> Result<(), HvError> {
         self.with("destroy", name, |s| {
-            Self::domain(s, name)?.running = false;
+            if std::mem::replace(&mut Self::domain(s, name)?.running, false) {
+                s.emit(name, false);
+            }
             Ok(())
         })
     }
 
     fn undefine(&self, name: &str) -> Result<(), HvError> {
         self.with("undefine", name, |s| {
-            s.domains.remove(name);
+            if s.domains.remove(name).is_some() {
+                s.emit(name, false);
+            }
             Ok(())
         })
     }
@@ -300,5 +406,17 @@ impl Hypervisor for FakeHypervisor {
                 libvirt: "fake".into(),
             })
         })
+    }
+
+    fn watch(&self, sink: EventSink) {
+        *self.sink.lock().unwrap() = Some(sink);
+        let mut s = self.state.lock().unwrap();
+        let now = match s.down {
+            true => HvEvent::Disconnected,
+            false => HvEvent::Connected,
+        };
+        s.pending.push(now);
+        drop(s);
+        self.deliver();
     }
 }

@@ -1,8 +1,11 @@
 //! The real hypervisor: libvirtd through the `virt` bindings.
 
-use super::{DomainEntry, DomainUsage, HvError, Hypervisor, HypervisorVersion, InterfaceCounters};
+use super::{
+    DomainEntry, DomainUsage, EventSink, HvError, Hypervisor, HypervisorVersion, InterfaceCounters,
+    watch,
+};
 use crate::{
-    segment::spec::DOMAIN_PREFIX,
+    model::DOMAIN_PREFIX,
     xml::{METADATA_PREFIX, METADATA_URI, MetadataError, metadata},
 };
 use std::{collections::HashSet, sync::Mutex};
@@ -19,6 +22,9 @@ pub use virt_log::route_errors_to_tracing;
 pub struct Libvirt {
     uri: String,
     conn: Mutex<Option<Connect>>,
+    /// Where lifecycle events go, once [`Hypervisor::watch`] was called.
+    sink: watch::SharedSink,
+    watcher: std::sync::Once,
 }
 
 impl Libvirt {
@@ -27,6 +33,8 @@ impl Libvirt {
         Self {
             uri: uri.into(),
             conn: Mutex::new(None),
+            sink: Default::default(),
+            watcher: std::sync::Once::new(),
         }
     }
 
@@ -251,6 +259,12 @@ impl Hypervisor for Libvirt {
         Ok(HypervisorVersion {
             libvirt: format!("{}.{}.{}", v / 1_000_000, (v / 1000) % 1000, v % 1000),
         })
+    }
+
+    fn watch(&self, sink: EventSink) {
+        *self.sink.lock().expect("event sink lock") = Some(sink);
+        self.watcher
+            .call_once(|| watch::spawn(self.uri.clone(), self.sink.clone()));
     }
 }
 

@@ -2,12 +2,15 @@
 //! segment lifecycle needs. [`libvirt::Libvirt`] is the real one;
 //! [`fake::FakeHypervisor`] keeps domains in memory for fast tests.
 //!
-//! Every method blocks; async callers go through `spawn_blocking`.
+//! Every method blocks; async callers go through `spawn_blocking`. What
+//! libvirt tells without being asked (a domain started or stopped, the
+//! connection lost) comes through [`Hypervisor::watch`].
 
 pub mod fake;
 pub mod libvirt;
+mod watch;
 
-use crate::{segment::spec::SegmentRecord, xml::MetadataError};
+use crate::{model::SegmentRecord, xml::MetadataError};
 use std::collections::HashSet;
 
 /// A hypervisor operation that failed.
@@ -75,6 +78,28 @@ pub struct HypervisorVersion {
     pub libvirt: String,
 }
 
+/// What the hypervisor reports by itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HvEvent {
+    /// A `seg-` domain became active (`running`) or inactive (stopped, or
+    /// undefined).
+    Domain {
+        /// The domain.
+        name: String,
+        /// Whether it runs now.
+        running: bool,
+    },
+    /// Events flow (again). What happened while they did not must be read
+    /// by listing the domains.
+    Connected,
+    /// libvirtd is unreachable: events may be missed until `Connected`.
+    Disconnected,
+}
+
+/// Where [`Hypervisor::watch`] delivers events: called on the hypervisor's
+/// own thread, in the order libvirt sent them; it must not block.
+pub type EventSink = Box<dyn Fn(HvEvent) + Send + Sync + 'static>;
+
 /// The narrow libvirt surface the agent uses.
 pub trait Hypervisor: Send + Sync + 'static {
     /// Every domain whose name starts with `seg-`.
@@ -102,4 +127,8 @@ pub trait Hypervisor: Send + Sync + 'static {
     fn init_pid(&self, name: &str) -> Result<u32, HvError>;
     /// The hypervisor's versions; also a liveness probe.
     fn version(&self) -> Result<HypervisorVersion, HvError>;
+    /// Delivers domain lifecycle events and connection changes to `sink`
+    /// from now on, reconnecting by itself; starts with `Connected` (or
+    /// `Disconnected`). Replaces an earlier sink.
+    fn watch(&self, sink: EventSink);
 }

@@ -53,6 +53,16 @@ impl FakeFilter {
         state.allowed.iter().map(|p| p.name.clone()).collect()
     }
 
+    /// The allowed ports and their bandwidth in KiB/s.
+    pub fn rates(&self) -> Vec<(String, u64)> {
+        let state = self.state.lock().unwrap();
+        state
+            .allowed
+            .iter()
+            .map(|p| (p.name.clone(), p.rate_kib))
+            .collect()
+    }
+
     /// Every call so far: `probe`, `install sg-..,sg-..`, `allow sg-..`,
     /// `revoke sg-..`.
     pub fn calls(&self) -> Vec<String> {

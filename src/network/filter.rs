@@ -38,7 +38,19 @@ pub struct SegmentPort {
     pub mac: [u8; 6],
     /// The segment's IPv4 address.
     pub address: Ipv4Addr,
+    /// Its bandwidth each way in KiB/s (the flavor's `network_mbit`), 0:
+    /// uncapped. Enforced by two named nftables limits of the port.
+    pub rate_kib: u64,
+    /// Its swarm peers: the only addresses it exchanges the swarm's ports
+    /// ([`SWARM_PORTS`]) with, both ways (the other segments of its cluster
+    /// on this bridge and the swarm managers its record names).
+    pub swarm_peers: Vec<Ipv4Addr>,
 }
+
+/// The ports of Docker Swarm between nodes: 2377/tcp (managers), 7946/tcp
+/// and udp (gossip), 4789/udp (VXLAN of overlay networks). To a segment
+/// they pass only from its swarm peers.
+pub const SWARM_PORTS: &str = "2377/tcp, 7946/tcp+udp, 4789/udp";
 
 impl SegmentPort {
     /// The port of the segment at `address`.
@@ -48,6 +60,27 @@ impl SegmentPort {
             name: format!("{PORT_PREFIX}{a:02x}{b:02x}{c:02x}{d:02x}"),
             mac: mac_of(address),
             address,
+            rate_kib: 0,
+            swarm_peers: Vec::new(),
+        }
+    }
+
+    /// The same port exchanging the swarm's ports with `peers` (its own
+    /// address is left out).
+    pub fn with_swarm_peers(mut self, mut peers: Vec<Ipv4Addr>) -> Self {
+        peers.retain(|p| *p != self.address);
+        peers.sort();
+        peers.dedup();
+        self.swarm_peers = peers;
+        self
+    }
+
+    /// The port of the segment at `address` capped at `rate_kib` KiB/s
+    /// each way (0: uncapped).
+    pub fn with_rate(address: Ipv4Addr, rate_kib: u64) -> Self {
+        Self {
+            rate_kib,
+            ..Self::of(address)
         }
     }
 
@@ -119,6 +152,19 @@ pub fn install_script(ports: &[SegmentPort]) -> String {
     script
 }
 
+/// The script that makes `nets` the networks off the bridge whose traffic
+/// reaches the swarm's ports of segments (flushed first: host configuration).
+pub fn swarm_remote_script(nets: &[ipnet::Ipv4Net]) -> String {
+    let mut script = format!("flush set bridge {TABLE} swarm_remote\n");
+    for net in nets {
+        let _ = writeln!(
+            script,
+            "add element bridge {TABLE} swarm_remote {{ {net} }}"
+        );
+    }
+    script
+}
+
 /// The script that allows `port` in the installed table: its two
 /// elements, a few milliseconds where the whole table takes fifteen.
 pub fn allow_script(port: &SegmentPort) -> String {
@@ -146,6 +192,44 @@ fn push_elements(script: &mut String, verb: &str, port: &SegmentPort) {
         script,
         "{verb} element bridge {TABLE} addrs {{ \"{name}\" . {ip} }}"
     );
+    if port.rate_kib > 0 {
+        push_limits(script, verb, port);
+    }
+    // Both ways: the peer's answers and its own gossip and VXLAN reach
+    // the port, the port's reach the peer (if the peer is on this bridge).
+    for peer in &port.swarm_peers {
+        let _ = writeln!(
+            script,
+            "{verb} element bridge {TABLE} swarm_peers {{ {peer} . {ip}, {ip} . {peer} }}"
+        );
+    }
+}
+
+/// The port's two limits (from it, to it) and their map elements. A
+/// policer: what passes over the rate is dropped, and TCP settles at it.
+/// The burst is a tenth of a second's worth, at least 64 KiB.
+fn push_limits(script: &mut String, verb: &str, port: &SegmentPort) {
+    let (name, rate) = (&port.name, port.rate_kib);
+    let burst = (rate / 10).max(64);
+    for way in ["from", "to"] {
+        let limit = format!("{name}_{way}");
+        let object = format!(
+            "limit bridge {TABLE} {limit} {{ rate over {rate} kbytes/second burst {burst} kbytes; }}"
+        );
+        let element = format!("element bridge {TABLE} rate_{way} {{ \"{name}\" : \"{limit}\" }}");
+        match verb {
+            // Elements name their object: made first, removed last.
+            "add" => {
+                let _ = writeln!(script, "add {object}\nadd {element}");
+            }
+            _ => {
+                let _ = writeln!(
+                    script,
+                    "{verb} {element}\n{verb} limit bridge {TABLE} {limit}"
+                );
+            }
+        }
+    }
 }
 
 /// Whether segment ports are filtered, decided at agent start.
@@ -188,6 +272,80 @@ mod tests {
 
     fn port() -> SegmentPort {
         SegmentPort::of(Ipv4Addr::new(203, 0, 113, 10))
+    }
+
+    #[test]
+    fn a_capped_port_gets_two_limits_and_revoke_removes_them() {
+        let capped = SegmentPort::with_rate(Ipv4Addr::new(203, 0, 113, 10), 12_207);
+        let script = allow_script(&capped);
+        for want in [
+            "add limit bridge segment_agent sg-cb00710a_from { rate over 12207 kbytes/second burst 1220 kbytes; }",
+            "add element bridge segment_agent rate_from { \"sg-cb00710a\" : \"sg-cb00710a_from\" }",
+            "add limit bridge segment_agent sg-cb00710a_to { rate over 12207 kbytes/second burst 1220 kbytes; }",
+            "add element bridge segment_agent rate_to { \"sg-cb00710a\" : \"sg-cb00710a_to\" }",
+        ] {
+            assert!(script.contains(want), "{want} in {script}");
+        }
+        let revoke = revoke_script(&capped);
+        let deletes: Vec<&str> = revoke.lines().filter(|l| l.starts_with("delete")).collect();
+        assert_eq!(deletes.len(), 6, "{revoke}");
+        let element = revoke
+            .find("delete element bridge segment_agent rate_to")
+            .unwrap();
+        let object = revoke
+            .find("delete limit bridge segment_agent sg-cb00710a_to")
+            .unwrap();
+        assert!(element < object, "the element goes before its object");
+        assert!(
+            !allow_script(&port()).contains("limit"),
+            "uncapped: no limit"
+        );
+        let small = SegmentPort::with_rate(Ipv4Addr::new(203, 0, 113, 10), 100);
+        assert!(allow_script(&small).contains("rate over 100 kbytes/second burst 64 kbytes"));
+    }
+
+    #[test]
+    fn swarm_peers_are_elements_both_ways_and_revoked_with_the_port() {
+        let ip = Ipv4Addr::new(203, 0, 113, 10);
+        let peers = vec![
+            Ipv4Addr::new(203, 0, 113, 12),
+            ip,
+            Ipv4Addr::new(203, 0, 113, 11),
+            Ipv4Addr::new(203, 0, 113, 11),
+        ];
+        let port = SegmentPort::of(ip).with_swarm_peers(peers);
+        assert_eq!(
+            port.swarm_peers.len(),
+            2,
+            "own address and duplicates left out"
+        );
+        let script = allow_script(&port);
+        let want = "add element bridge segment_agent swarm_peers { 203.0.113.11 . 203.0.113.10, 203.0.113.10 . 203.0.113.11 }";
+        assert!(script.contains(want), "{script}");
+        let revoke = revoke_script(&port);
+        assert!(
+            revoke.contains(&want.replace("add ", "delete ")),
+            "{revoke}"
+        );
+        assert!(!allow_script(&SegmentPort::of(ip)).contains("swarm_peers"));
+    }
+
+    #[test]
+    fn remote_swarm_networks_replace_the_previous_ones() {
+        let nets = [
+            "198.51.100.0/24".parse().unwrap(),
+            "192.0.2.7/32".parse().unwrap(),
+        ];
+        assert_eq!(
+            swarm_remote_script(&nets),
+            "flush set bridge segment_agent swarm_remote\n\
+             add element bridge segment_agent swarm_remote { 198.51.100.0/24 }\n\
+             add element bridge segment_agent swarm_remote { 192.0.2.7/32 }\n"
+        );
+        assert_eq!(
+            swarm_remote_script(&[]),
+            "flush set bridge segment_agent swarm_remote\n"
+        );
     }
 
     #[test]
@@ -240,6 +398,10 @@ mod tests {
             "from_segment_arp",
             "from_segment_ipv4",
             "to_segment",
+            "rate_from_segment",
+            "rate_to_segment",
+            "swarm_to_segment",
+            "swarm_from_segment",
         ] {
             let add = SKELETON
                 .find(&format!("add chain bridge segment_agent {chain}"))

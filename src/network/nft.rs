@@ -5,6 +5,7 @@
 
 use super::filter::{
     FilterError, PortFilter, SegmentPort, allow_script, install_script, revoke_script,
+    swarm_remote_script,
 };
 use std::{
     io::Write,
@@ -21,6 +22,7 @@ pub struct Nft {
     nft: String,
     ip: String,
     bridge: String,
+    swarm_remote: Vec<ipnet::Ipv4Net>,
 }
 
 impl Nft {
@@ -35,7 +37,23 @@ impl Nft {
             nft: nft.into(),
             ip: ip.into(),
             bridge: bridge.into(),
+            swarm_remote: Vec::new(),
         }
+    }
+
+    /// The same, the swarm's ports of segments open to `nets` off the
+    /// bridge (`network.swarm_remote`).
+    pub fn with_swarm_remote(mut self, nets: Vec<ipnet::Ipv4Net>) -> Self {
+        self.swarm_remote = nets;
+        self
+    }
+
+    /// The whole table with `ports`, and the host's remote swarm networks
+    /// (set anew: they are the host's configuration, not a port's).
+    fn table_script(&self, ports: &[SegmentPort]) -> String {
+        let mut script = install_script(ports);
+        script.push_str(&swarm_remote_script(&self.swarm_remote));
+        script
     }
 
     /// Runs `nft ARGS -f -` with `script` on standard input.
@@ -113,7 +131,7 @@ impl PortFilter for Nft {
         // The kernel validates the whole transaction, with one element of
         // each set, and commits nothing (`nft --check`).
         let example = SegmentPort::of(Ipv4Addr::new(192, 0, 2, 1));
-        self.run(&["--check"], &install_script(&[example]))?;
+        self.run(&["--check"], &self.table_script(&[example]))?;
         Ok(format!(
             "nftables bridge table segment_agent can be installed; {} runs no STP",
             self.bridge
@@ -121,7 +139,7 @@ impl PortFilter for Nft {
     }
 
     fn install(&self, ports: &[SegmentPort]) -> Result<(), FilterError> {
-        self.run(&[], &install_script(ports))
+        self.run(&[], &self.table_script(ports))
     }
 
     fn allow(&self, port: &SegmentPort) -> Result<(), FilterError> {

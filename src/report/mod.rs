@@ -8,7 +8,6 @@ pub mod sample;
 pub mod sender;
 
 use crate::{
-    api::convert::timestamp,
     cgroups::usage::{CgroupFs, CgroupReader},
     host::HostFacts,
     network::filter::Filtering,
@@ -77,10 +76,12 @@ impl Collector {
     pub async fn collect(&self) -> Result<pb::HealthReport, String> {
         let sample = sample::sample(&self.manager, &self.cgroups).await?;
         let (proc, dir, cpus) = (self.proc.clone(), self.state_dir.clone(), self.host.cpus);
+        let promised = Promised::of(&sample.segments);
         // procfs and statvfs block (a hung state-dir filesystem would hang).
-        let (host, disk) = tokio::task::spawn_blocking(move || host_figures(&proc, &dir, cpus))
-            .await
-            .map_err(|e| format!("host figures task: {e}"))?;
+        let (host, disk) =
+            tokio::task::spawn_blocking(move || host_figures(&proc, &dir, cpus, promised))
+                .await
+                .map_err(|e| format!("host figures task: {e}"))?;
         let conditions = vec![
             pb::Condition {
                 r#type: "LibvirtReachable".into(),
@@ -96,8 +97,8 @@ impl Collector {
             boot_id: self.boot_id.clone(),
             agent_version: env!("CARGO_PKG_VERSION").into(),
             sequence: self.sequence.fetch_add(1, Ordering::Relaxed) + 1,
-            time: Some(timestamp(sample.taken_at)),
-            agent_started_at: Some(timestamp(self.started_at)),
+            time: Some(crate::proto::timestamp(sample.taken_at)),
+            agent_started_at: Some(crate::proto::timestamp(self.started_at)),
             host: Some(host),
             capacity: Some(capacity(&sample)),
             conditions,
@@ -118,15 +119,47 @@ fn capacity(sample: &HostSample) -> pb::Capacity {
     }
 }
 
+/// The segments' disk quotas added up, and their use.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Promised {
+    /// Sum of the limits.
+    pub limit_bytes: u64,
+    /// Sum of what the segments' files take.
+    pub used_bytes: u64,
+}
+
+impl Promised {
+    fn of(segments: &[SegmentSample]) -> Self {
+        let disks = segments.iter().filter_map(|s| s.segment.disk);
+        disks.fold(Self::default(), |p, d| Promised {
+            limit_bytes: p.limit_bytes + d.limit_bytes,
+            used_bytes: p.used_bytes + d.used_bytes.min(d.limit_bytes),
+        })
+    }
+
+    /// What segments may still write by their quotas.
+    fn outstanding(&self) -> u64 {
+        self.limit_bytes.saturating_sub(self.used_bytes)
+    }
+}
+
 /// Figures from procfs and statvfs, and the disk pressure condition.
 fn host_figures(
     proc: &std::path::Path,
     state_dir: &std::path::Path,
     cpus: u32,
+    promised: Promised,
 ) -> (pb::HostFigures, pb::Condition) {
     let load = procfs::LoadAverage::from_file(proc.join("loadavg")).ok();
     let mem = procfs::Meminfo::from_file(proc.join("meminfo")).ok();
-    let fs = nix::sys::statvfs::statvfs(state_dir).ok();
+    // The segments' filesystem (its own btrfs on a quota host).
+    let segments = state_dir.join("segments");
+    let dir = if segments.is_dir() {
+        segments
+    } else {
+        state_dir.to_owned()
+    };
+    let fs = nix::sys::statvfs::statvfs(&dir).ok();
     let (free, total) = fs
         .map(|s| {
             let frag = s.fragment_size();
@@ -142,28 +175,46 @@ fn host_figures(
         memory_available_bytes: mem.as_ref().and_then(|m| m.mem_available).unwrap_or(0),
         state_dir_free_bytes: free,
         state_dir_total_bytes: total,
+        segments_disk_limit_bytes: promised.limit_bytes,
+        segments_disk_used_bytes: promised.used_bytes,
     };
-    (figures, disk_condition(free, total, state_dir))
+    (figures, disk_condition(free, total, promised, &dir))
 }
 
-fn disk_condition(free: u64, total: u64, dir: &std::path::Path) -> pb::Condition {
+/// Pressure when little is free, or when the segments may still write, by
+/// their quotas, more than is free (quotas are limits, not reservations).
+fn disk_condition(
+    free: u64,
+    total: u64,
+    promised: Promised,
+    dir: &std::path::Path,
+) -> pb::Condition {
     let percent = if total == 0 {
         0.0
     } else {
         free as f64 * 100.0 / total as f64
     };
-    let pressure = percent < DISK_PRESSURE_FREE_PERCENT;
+    let low = percent < DISK_PRESSURE_FREE_PERCENT;
+    let overpromised = promised.outstanding() > free;
+    let gib = |b: u64| b as f64 / f64::from(1u32 << 30);
+    let reason = match (total, low, overpromised) {
+        (0, ..) => format!("cannot read the filesystem of {}", dir.display()),
+        (_, true, _) => format!(
+            "{percent:.1}% free on {} (below {DISK_PRESSURE_FREE_PERCENT}%)",
+            dir.display()
+        ),
+        (_, _, true) => format!(
+            "segments may still write {:.1} GiB by their quotas, {:.1} GiB free on {}",
+            gib(promised.outstanding()),
+            gib(free),
+            dir.display()
+        ),
+        _ => String::new(),
+    };
     pb::Condition {
         r#type: "DiskPressure".into(),
-        status: pressure,
-        reason: match (pressure, total) {
-            (_, 0) => format!("cannot read the filesystem of {}", dir.display()),
-            (true, _) => format!(
-                "{percent:.1}% free on {} (below {DISK_PRESSURE_FREE_PERCENT}%)",
-                dir.display()
-            ),
-            (false, _) => String::new(),
-        },
+        status: total == 0 || low || overpromised,
+        reason,
     }
 }
 
@@ -218,7 +269,48 @@ fn segment_health(sample: SegmentSample) -> pb::SegmentHealth {
         cpu_time_ns: usage.cpu_time_ns,
         docker_ready,
         docker_reason,
-        server_cert_not_after: r.server_cert_not_after.map(timestamp),
+        server_cert_not_after: r.server_cert_not_after.map(crate::proto::timestamp),
         restarts: r.restarts,
+        disk_used_bytes: s.disk.map_or(0, |d| d.used_bytes),
+        disk_limit_bytes: s.disk.map_or(0, |d| d.limit_bytes),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GIB: u64 = 1 << 30;
+
+    #[test]
+    fn disk_pressure_counts_what_quotas_still_allow() {
+        let dir = std::path::Path::new("/var/lib/segment-agent/segments");
+        let p = |limit, used| Promised {
+            limit_bytes: limit * GIB,
+            used_bytes: used * GIB,
+        };
+        let cases = [
+            // free, total, promised, pressure, reason contains
+            (50, 100, p(40, 10), false, ""),
+            (
+                50,
+                100,
+                p(80, 10),
+                true,
+                "may still write 70.0 GiB by their quotas, 50.0 GiB free",
+            ),
+            (5, 100, p(0, 0), true, "5.0% free"),
+            (0, 0, p(0, 0), true, "cannot read"),
+        ];
+        for (free, total, promised, pressure, reason) in cases {
+            let c = disk_condition(free * GIB, total * GIB, promised, dir);
+            assert_eq!(
+                c.status, pressure,
+                "{free}/{total} {promised:?}: {}",
+                c.reason
+            );
+            assert!(c.reason.contains(reason), "{}", c.reason);
+            assert_eq!(c.reason.is_empty(), !pressure);
+        }
     }
 }

@@ -118,7 +118,7 @@ pub async fn run(
     collector: Arc<Collector>,
     sink: Arc<dyn ReportSink>,
     interval: Duration,
-    mut changes: broadcast::Receiver<crate::events::Event>,
+    mut changes: broadcast::Receiver<crate::segment::events::Event>,
     observer: Arc<dyn ReportObserver>,
 ) {
     let mut interval = interval;
@@ -170,7 +170,7 @@ pub async fn run(
 /// would hold the hub's whole backlog (every event a full segment) for as
 /// long as the control plane stays away.
 async fn wait_for_next(
-    changes: &mut broadcast::Receiver<crate::events::Event>,
+    changes: &mut broadcast::Receiver<crate::segment::events::Event>,
     wait: Duration,
     early: bool,
 ) {
@@ -202,7 +202,7 @@ mod tests {
     #[tokio::test]
     async fn changes_are_read_while_the_control_plane_is_unreachable() {
         use crate::segment::{Segment, SegmentState};
-        let hub = crate::events::EventHub::new(1024);
+        let hub = crate::segment::events::EventHub::new(1024);
         let mut sub = hub.subscribe();
         let record = crate::xml::metadata::tests::sample_record();
         let publish = async {
@@ -215,6 +215,7 @@ mod tests {
                     record: record.clone(),
                     state,
                     reason: String::new(),
+                    disk: None,
                 };
                 hub.observe(&segment, hub.generation());
                 tokio::task::yield_now().await;

@@ -7,8 +7,9 @@
 //! until the hand-over. A segment whose cgroups cannot be set up does not
 //! keep running (fail closed: its process limit would be missing).
 
-use super::{Error, SegmentManager, spec::SegmentRecord};
+use super::{Error, SegmentManager};
 use crate::cgroups::SegmentLimits;
+use crate::model::SegmentRecord;
 use tracing::warn;
 
 impl SegmentManager {
@@ -16,13 +17,18 @@ impl SegmentManager {
     /// its cgroup limits; on a failure of the latter the domain is stopped
     /// again.
     pub(crate) async fn boot(&self, record: &SegmentRecord, docker: bool) -> Result<(), Error> {
-        self.allow_port(record.address).await?;
-        let name = record.request.id.domain_name();
+        self.allow_port(record).await?;
+        let id = &record.request.id;
+        let (name, mark) = (id.domain_name(), self.mark());
         let n = name.clone();
         self.blocking(move |hv| hv.start(&n)).await?;
+        self.saw(id, true, mark);
         if let Err(e) = self.take_in_hand(record, docker).await {
             warn!(error = %e, "cgroup set-up failed; stopping the segment again");
-            let _ = self.blocking(move |hv| hv.destroy(&name)).await;
+            let mark = self.mark();
+            if self.blocking(move |hv| hv.destroy(&name)).await.is_ok() {
+                self.saw(id, false, mark);
+            }
             return Err(e);
         }
         Ok(())
@@ -40,7 +46,7 @@ impl SegmentManager {
         let memory = u64::from(record.request.flavor.memory_mib) << 20;
         let reserve = (u64::from(iso.management_memory_mib) << 20).min(memory / 4);
         SegmentLimits {
-            pids_max: iso.pids_max,
+            pids_max: record.request.flavor.pids,
             workload_memory_bytes: docker.then(|| memory.saturating_sub(reserve)),
             owner: record.ids.host_first,
         }

@@ -2,10 +2,8 @@
 //! start the domain, wait for Docker. A failure before the domain runs
 //! undoes every step; a crash is finished or undone by [`super::recover`].
 
-use super::{
-    CreateStep, Error, Segment, SegmentManager,
-    spec::{SegmentId, SegmentRecord, SegmentRequest},
-};
+use super::{CreateStep, Error, Segment, SegmentManager};
+use crate::model::{SegmentId, SegmentRecord, SegmentRequest};
 use crate::{
     certs::{self, ClusterCa},
     docker::{
@@ -38,6 +36,7 @@ impl SegmentManager {
             return self.existing(existing.record, &request).await;
         }
         self.settings.confinement.require()?;
+        self.settings.disk.require()?;
         self.settings
             .filtering
             .require()
@@ -47,6 +46,15 @@ impl SegmentManager {
         let ca = self.docker_precondition(&image, ca).await?.map(Arc::new);
         if !image.docker {
             request.ca_cert_pem = None;
+            if request.swarm.is_some() {
+                return Err(Error::InvalidArgument(crate::model::InvalidArgument::new(
+                    "swarm",
+                    format!(
+                        "image {} runs no Docker: it cannot be a swarm node",
+                        image.name
+                    ),
+                )));
+            }
         }
         let record = self.registry.admit(request, SystemTime::now())?;
         self.observer
@@ -64,14 +72,54 @@ impl SegmentManager {
         info!(address = %record.address, image = %image.name, "segment running");
         // Still PROVISIONING while Docker comes up: a reader never sees it
         // RUNNING and then FAILED.
-        if ca.is_some()
-            && let Some(took) = self.await_docker(&record).await
-        {
+        let ready = match ca.is_some() {
+            true => self.await_docker(&record).await,
+            false => None,
+        };
+        if let Some(took) = ready {
             self.observer.create_step(CreateStep::DockerReady, took);
+        }
+        if let Some(spec) = record.request.swarm.clone() {
+            self.bootstrap_swarm(record.clone(), &spec, ready.is_some())
+                .await?;
         }
         self.registry.update(&record.request.id, |e| e.op = None);
         self.announce(&record.request.id).await;
         self.get(&record.request.id).await
+    }
+
+    /// The swarm part of a create, once Docker answers: the node is
+    /// persisted in the record; a failure undoes the whole create (the
+    /// node leaves what it may have joined first).
+    async fn bootstrap_swarm(
+        &self,
+        mut record: SegmentRecord,
+        spec: &crate::model::swarm::SwarmSpec,
+        docker_ready: bool,
+    ) -> Result<(), Error> {
+        let joined = match docker_ready {
+            false => Err(Error::FailedPrecondition(
+                "Docker did not answer in time, so the segment could not enter its swarm".into(),
+            )),
+            true => self.join_swarm(&record, spec).await,
+        };
+        let persisted = match joined {
+            Ok(node) => {
+                record.swarm = Some(node);
+                self.persist(record.clone()).await
+            }
+            Err(e) => Err(e),
+        };
+        let Err(e) = persisted else {
+            return Ok(());
+        };
+        warn!(error = %e, "the swarm part failed; undoing the create");
+        if docker_ready {
+            self.leave_swarm(&record).await;
+        }
+        self.undo_create(&record, &e).await;
+        self.announce(&record.request.id).await;
+        Err(e)
     }
 
     /// A `seg-<id>` domain that the registry does not know (one the agent
@@ -111,7 +159,7 @@ impl SegmentManager {
             )));
         }
         ca.map(Some).ok_or_else(|| {
-            Error::InvalidArgument(super::spec::InvalidArgument::new(
+            Error::InvalidArgument(crate::model::InvalidArgument::new(
                 "tls",
                 format!(
                     "image {} runs Docker: the cluster CA (ca_cert_pem, ca_key_pem) is required",
@@ -136,6 +184,7 @@ impl SegmentManager {
             ("image", have.image != request.image),
             ("labels", have.labels != request.labels),
             ("tls.ca_cert_pem", ca_differs),
+            ("swarm", have.swarm != request.swarm),
         ]
         .iter()
         .filter(|(_, differs)| *differs)
@@ -158,9 +207,10 @@ impl SegmentManager {
         ca: Option<&Arc<ClusterCa>>,
     ) -> Result<SegmentRecord, Error> {
         let (id, img, ids) = (record.request.id.clone(), image.clone(), record.ids);
+        let disk = record.request.flavor.disk_bytes();
         let t = Instant::now();
         let dirs = self
-            .storage_blocking(move |s| s.prepare(&id, &img, ids))
+            .storage_blocking(move |s| s.prepare(&id, &img, ids, disk))
             .await?;
         self.observer.create_step(CreateStep::Rootfs, t.elapsed());
         if let Some(ca) = ca {
@@ -207,6 +257,10 @@ impl SegmentManager {
             let ca_pem = ca.canonical_cert_pem();
             docker::write_agent_tls(&dirs.agent_tls, &ca_pem, &client.cert_pem, &client.key_pem)
                 .and_then(|()| {
+                    let token = segment_policy::agent_token::generate();
+                    docker::write_agent_token(&dirs, &token, key_owner)
+                })
+                .and_then(|()| {
                     docker::write_config(&dirs.docker_config, &ca_pem, &server, key_owner)
                 })
                 .map_err(|e| Error::Internal(format!("writing Docker's configuration: {e}")))?;
@@ -235,6 +289,7 @@ impl SegmentManager {
             memory_kib: u64::from(record.request.flavor.memory_mib) * 1024,
             vcpus: record.request.flavor.vcpus,
             cpu_period_us: s.cpu_period_us,
+            io_weight: s.isolation.io_weight,
             init: image.init.clone(),
             idmap: record.ids,
             filesystems,
@@ -256,7 +311,8 @@ impl SegmentManager {
     /// only DeleteSegment removes a segment). Returns how long Docker took.
     pub(crate) async fn await_docker(&self, record: &SegmentRecord) -> Option<Duration> {
         let id = &record.request.id;
-        let endpoint = std::net::SocketAddr::from((record.address, docker::DOCKER_TLS_PORT));
+        let endpoint =
+            std::net::SocketAddr::from((record.address, segment_policy::front::DOCKER_TLS_PORT));
         let timeout = self.settings.docker.ready_timeout;
         let outcome = match self.agent_tls(id).await {
             Ok(tls) => docker::probe::wait_ready(self.probe.as_ref(), endpoint, &tls, timeout)
@@ -295,7 +351,8 @@ impl SegmentManager {
             .agent_tls(&r.request.id)
             .await
             .map_err(|e| e.to_string())?;
-        let endpoint = std::net::SocketAddr::from((r.address, docker::DOCKER_TLS_PORT));
+        let endpoint =
+            std::net::SocketAddr::from((r.address, segment_policy::front::DOCKER_TLS_PORT));
         let ping = self.probe.ping(endpoint, &tls);
         match tokio::time::timeout(std::time::Duration::from_secs(2), ping).await {
             Ok(result) => result.map_err(|e| e.to_string()),
@@ -311,7 +368,7 @@ impl SegmentManager {
     async fn undo_create(&self, record: &SegmentRecord, cause: &Error) {
         let id = record.request.id.clone();
         let mut marked = record.clone();
-        marked.failure = Some(super::spec::bounded_failure(&format!(
+        marked.failure = Some(crate::model::bounded_failure(&format!(
             "create failed: {cause}"
         )));
         match self.remove_everything(marked.clone()).await {
@@ -322,8 +379,8 @@ impl SegmentManager {
                 warn!(error = %e, "could not undo the failed create; the segment is DELETING");
                 self.registry.update(&id, |entry| {
                     entry.op = None;
-                    entry.record.desired = super::spec::Desired::Deleted;
-                    entry.record.failure = Some(super::spec::bounded_failure(&format!(
+                    entry.record.desired = crate::model::Desired::Deleted;
+                    entry.record.failure = Some(crate::model::bounded_failure(&format!(
                         "create failed ({cause}) and was not fully undone: {e}"
                     )));
                 });

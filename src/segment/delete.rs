@@ -2,12 +2,8 @@
 //! marked `deleted` in libvirt, so a delete cut off half-way is finished on
 //! the next agent start rather than undone.
 
-use super::{
-    Error, SegmentManager,
-    create::ignore_missing,
-    registry::Op,
-    spec::{Desired, SegmentId},
-};
+use super::{Error, SegmentManager, create::ignore_missing, registry::Op};
+use crate::model::{Desired, SegmentId};
 use tracing::{info, instrument, warn};
 
 impl SegmentManager {
@@ -22,6 +18,9 @@ impl SegmentManager {
             .ok_or_else(|| Error::NotFound(id.clone()))?;
         self.registry.update(id, |e| e.op = Some(Op::Deleting));
         self.announce(id).await;
+        if entry.record.desired != Desired::Deleted {
+            self.leave_swarm(&entry.record).await;
+        }
         let result = self.remove_everything(entry.record).await;
         match &result {
             Ok(()) => {
@@ -33,7 +32,7 @@ impl SegmentManager {
                 self.registry.update(id, |entry| {
                     entry.op = None;
                     entry.record.desired = Desired::Deleted;
-                    entry.record.failure = Some(super::spec::bounded_failure(&e.to_string()));
+                    entry.record.failure = Some(crate::model::bounded_failure(&e.to_string()));
                 });
             }
         }
@@ -45,7 +44,7 @@ impl SegmentManager {
     /// a retry (or recovery) can run it again from the start.
     pub(crate) async fn remove_everything(
         &self,
-        mut record: super::spec::SegmentRecord,
+        mut record: crate::model::SegmentRecord,
     ) -> Result<(), Error> {
         let name = record.request.id.domain_name();
         // Persisted before anything goes: a crash from here on is finished
@@ -72,7 +71,7 @@ impl SegmentManager {
         }
         removed?;
         self.sweep_cgroups().await;
-        self.revoke_port(record.address).await;
+        self.revoke_port(&record).await;
         let id = record.request.id.clone();
         self.storage_blocking(move |s| s.remove(&id)).await
     }

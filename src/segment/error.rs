@@ -1,7 +1,7 @@
 //! The segment lifecycle's errors. Each variant says what the scheduler or
 //! operator can do about it; `api::status` maps them to gRPC codes.
 
-use super::spec::{InvalidArgument, SegmentId};
+use crate::model::{InvalidArgument, SegmentId};
 use crate::{hypervisor::HvError, images::ImageError, storage::StorageError};
 
 /// A failed segment operation.

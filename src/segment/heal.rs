@@ -5,11 +5,8 @@
 //! counted in the segment's record, so GetSegment, the events and the
 //! reports show it and it survives agent restarts.
 
-use super::{
-    SegmentManager,
-    registry::Entry,
-    spec::{Desired, SegmentId},
-};
+use super::{SegmentManager, registry::Entry};
+use crate::model::{Desired, SegmentId};
 use std::{
     collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
@@ -78,11 +75,10 @@ impl Healer {
 }
 
 impl SegmentManager {
-    /// One pass: restarts (in the background) every segment that should run,
-    /// is in no operation and whose domain does not run, when its backoff
-    /// allows.
+    /// One pass over the agent's view (no libvirt call): restarts (in the
+    /// background) every segment that should run, is in no operation and
+    /// whose domain was seen stopped, when its backoff allows.
     pub async fn heal(self: &Arc<Self>) -> Result<(), super::Error> {
-        let running = self.blocking(|hv| hv.running()).await?;
         let entries = self.registry.all();
         let present = entries
             .iter()
@@ -90,7 +86,7 @@ impl SegmentManager {
             .collect();
         self.healer.retain(&present);
         let now = Instant::now();
-        for entry in entries.into_iter().filter(|e| self.is_dead(e, &running)) {
+        for entry in entries.into_iter().filter(|e| self.is_dead(e)) {
             let id = entry.record.request.id.clone();
             if self.healer.due(&id, now) {
                 let manager = self.clone();
@@ -100,12 +96,11 @@ impl SegmentManager {
         Ok(())
     }
 
-    fn is_dead(&self, e: &Entry, running: &HashSet<String>) -> bool {
-        let id = &e.record.request.id;
+    fn is_dead(&self, e: &Entry) -> bool {
         e.op.is_none()
             && e.record.desired == Desired::Running
-            && !running.contains(&id.domain_name())
-            && !self.locks.busy(id)
+            && self.running_of(e) == Some(false)
+            && !self.locks.busy(&e.record.request.id)
     }
 
     /// Starts a dead segment again under its lock, counts the restart and
@@ -115,13 +110,9 @@ impl SegmentManager {
         let Some(entry) = self.registry.get(id) else {
             return;
         };
-        let name = id.domain_name();
         let still_dead = entry.op.is_none()
             && entry.record.desired == Desired::Running
-            && matches!(
-                self.blocking(move |hv| hv.is_running(&name)).await,
-                Ok(false)
-            );
+            && matches!(self.domain_running(id).await, Ok(false));
         if !still_dead {
             return;
         }
@@ -157,7 +148,10 @@ impl SegmentManager {
 
     /// Remounts the segment's filesystems and boots it; returns whether it
     /// runs Docker.
-    async fn start_again(&self, record: &super::spec::SegmentRecord) -> Result<bool, super::Error> {
+    async fn start_again(
+        &self,
+        record: &crate::model::SegmentRecord,
+    ) -> Result<bool, super::Error> {
         self.settings.confinement.require()?;
         self.settings
             .filtering
@@ -165,7 +159,8 @@ impl SegmentManager {
             .map_err(super::Error::FailedPrecondition)?;
         let image = self.resolve_image(&record.request.image).await?;
         let (sid, ids, docker) = (record.request.id.clone(), record.ids, image.docker);
-        self.storage_blocking(move |s| s.prepare(&sid, &image, ids))
+        let disk = record.request.flavor.disk_bytes();
+        self.storage_blocking(move |s| s.prepare(&sid, &image, ids, disk))
             .await?;
         self.boot(record, docker).await?;
         Ok(docker)

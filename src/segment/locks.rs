@@ -1,7 +1,7 @@
 //! Per-segment operation locks: operations on one segment run one at a
 //! time, operations on different segments run side by side.
 
-use super::spec::SegmentId;
+use crate::model::SegmentId;
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},

@@ -3,41 +3,44 @@
 //! [`Hypervisor`] and [`SegmentStorage`] traits.
 //!
 //! One file per operation: [`create`], [`delete`], [`power`] (start, stop),
-//! [`recover`] (agent start) and [`heal`] (restarting segments that died); [`ports`] keeps the bridge filter in step. Operations on one segment are serialised by
+//! [`recover`] (agent start) and [`heal`] (restarting segments that died); [`ports`] keeps the bridge filter in step.
+//! Reads come from the agent's own [`view`], kept true by libvirt's events. Operations on one segment are serialised by
 //! [`locks::SegmentLocks`]; admission is atomic in [`registry::Registry`].
 
 pub mod boot;
 pub mod create;
 pub mod delete;
 pub mod error;
+pub mod events;
 pub mod heal;
 pub mod locks;
+pub mod membership;
 pub mod ports;
 pub mod power;
 pub mod rebuild;
 pub mod recover;
 pub mod registry;
-pub mod spec;
 pub mod state;
+pub mod view;
 
 pub use error::Error;
 pub use state::{Segment, SegmentState};
 
+use crate::model::{ClusterId, FlavorLimits, ImageName, SegmentId, SegmentRecord};
 use crate::{
     cgroups::SegmentCgroups,
     config::IsolationConfig,
     docker::probe::DockerProbe,
-    events::EventHub,
     hypervisor::Hypervisor,
     images::ImageStore,
     network::{
         SegmentNetwork,
         filter::{Filtering, PortFilter},
     },
+    segment::events::EventHub,
     segment::{
         locks::SegmentLocks,
         registry::{Registry, Usage},
-        spec::{ClusterId, FlavorLimits, ImageName, SegmentId, SegmentRecord},
     },
     storage::SegmentStorage,
     xml::metadata,
@@ -63,8 +66,47 @@ pub struct Settings {
     pub filtering: Filtering,
     /// Docker inside segments.
     pub docker: DockerSettings,
-    /// User-namespace ranges, `pids.max`, the management reserve.
+    /// User-namespace ranges, the I/O weight, the management reserve.
     pub isolation: IsolationConfig,
+    /// Whether segments' disks are limited.
+    pub disk: DiskLimits,
+}
+
+/// Whether segments' disks are limited by the kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiskLimits {
+    /// Every segment's directory is a quota-limited volume (the detail
+    /// names the mechanism).
+    Enforced(String),
+    /// Configured off (`disk_quota = "off"`): no limit.
+    Off,
+    /// Configured to enforce, but the state dir cannot: no segment may be
+    /// created.
+    Unavailable(String),
+}
+
+impl DiskLimits {
+    /// Refuses a create when quotas were asked for and the state dir
+    /// cannot enforce them (fail closed).
+    pub fn require(&self) -> Result<(), Error> {
+        match self {
+            DiskLimits::Unavailable(reason) => Err(Error::FailedPrecondition(format!(
+                "segment disk quotas cannot be enforced on this host ({reason}); segments are \
+                 not created without a disk limit unless the agent is configured with \
+                 disk_quota = \"off\""
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// One line for `check`, GetHost and reports.
+    pub fn describe(&self) -> String {
+        match self {
+            DiskLimits::Enforced(detail) => format!("enforce ({detail})"),
+            DiskLimits::Off => "off".into(),
+            DiskLimits::Unavailable(reason) => format!("unavailable: {reason}"),
+        }
+    }
 }
 
 /// Docker inside segments.
@@ -197,6 +239,8 @@ pub struct SegmentManager {
     events: EventHub,
     observer: Arc<dyn LifecycleObserver>,
     healer: heal::Healer,
+    swarm: Arc<dyn crate::docker::swarm::SwarmApi>,
+    view: view::View,
 }
 
 impl SegmentManager {
@@ -216,7 +260,16 @@ impl SegmentManager {
             events: EventHub::default(),
             observer: Arc::new(Unobserved),
             healer: heal::Healer::default(),
+            swarm: Arc::new(crate::docker::swarm::DockerSwarm),
+            view: view::View::default(),
         }
+    }
+
+    /// Does swarm membership through `api` instead of Docker's real API
+    /// (tests over fakes).
+    pub fn with_swarm(mut self, api: Arc<dyn crate::docker::swarm::SwarmApi>) -> Self {
+        self.swarm = api;
+        self
     }
 
     /// Tells `observer` how long lifecycle steps take.
@@ -280,40 +333,36 @@ impl SegmentManager {
         self.registry.get(id).map(|e| e.record.request.cluster)
     }
 
-    /// One segment with its observed state.
+    /// One segment with its observed state, from the agent's own view
+    /// ([`view`]): no libvirt call.
     pub async fn get(&self, id: &SegmentId) -> Result<Segment, Error> {
         let entry = self
             .registry
             .get(id)
             .ok_or_else(|| Error::NotFound(id.clone()))?;
-        let name = id.domain_name();
-        let running = match self.blocking(move |hv| hv.is_running(&name)).await {
-            Ok(r) => Some(r),
-            Err(Error::Unavailable(_)) => None,
-            Err(Error::Hypervisor(crate::hypervisor::HvError::NoDomain(_))) => Some(false),
-            Err(e) => return Err(e),
-        };
-        Ok(Segment::observe(&entry, running))
+        let mut segment = Segment::observe(&entry, self.running_of(&entry));
+        segment.disk = self.disk_usage(vec![id.clone()]).await.pop().flatten();
+        Ok(segment)
     }
 
-    /// Every segment (of one cluster, if given), ordered by id.
+    /// Every segment (of one cluster, if given), ordered by id, from the
+    /// agent's own view ([`view`]): no libvirt call.
     pub async fn list(&self, cluster: Option<&ClusterId>) -> Result<Vec<Segment>, Error> {
-        let entries = self.registry.all();
-        // One libvirt call for the whole list; with libvirtd down the
-        // registry still answers, states marked unknown.
-        let running = match self.blocking(|hv| hv.running()).await {
-            Ok(r) => Some(r),
-            Err(Error::Unavailable(_)) => None,
-            Err(e) => return Err(e),
-        };
-        Ok(entries
+        let mut segments: Vec<Segment> = self
+            .registry
+            .all()
             .iter()
             .filter(|e| cluster.is_none_or(|c| &e.record.request.cluster == c))
-            .map(|e| {
-                let name = e.record.request.id.domain_name();
-                Segment::observe(e, running.as_ref().map(|r| r.contains(&name)))
-            })
-            .collect())
+            .map(|e| Segment::observe(e, self.running_of(e)))
+            .collect();
+        let ids = segments
+            .iter()
+            .map(|s| s.record.request.id.clone())
+            .collect();
+        for (segment, disk) in segments.iter_mut().zip(self.disk_usage(ids).await) {
+            segment.disk = disk;
+        }
+        Ok(segments)
     }
 
     /// Runs a hypervisor call off the async runtime.
@@ -322,10 +371,12 @@ impl SegmentManager {
         f: impl FnOnce(&dyn Hypervisor) -> Result<T, crate::hypervisor::HvError> + Send + 'static,
     ) -> Result<T, Error> {
         let hv = self.hv.clone();
-        tokio::task::spawn_blocking(move || f(hv.as_ref()))
+        let outcome = tokio::task::spawn_blocking(move || f(hv.as_ref()))
             .await
             .map_err(|e| Error::Internal(format!("hypervisor task: {e}")))?
-            .map_err(Error::from)
+            .map_err(Error::from);
+        self.answered(&outcome);
+        outcome
     }
 
     /// Looks an image up (file system reads) off the async runtime.
@@ -356,7 +407,7 @@ impl SegmentManager {
     /// registry and, best effort, in its domain's metadata, so a restarted
     /// agent still says it.
     pub(crate) async fn set_failure(&self, id: &SegmentId, reason: Option<String>) {
-        let reason = reason.map(|r| spec::bounded_failure(&r));
+        let reason = reason.map(|r| crate::model::bounded_failure(&r));
         let Some(entry) = self.registry.get(id) else {
             return;
         };
@@ -379,13 +430,6 @@ impl SegmentManager {
         let id = record.request.id.clone();
         self.registry.update(&id, |e| e.record = record);
         Ok(())
-    }
-}
-
-impl SegmentManager {
-    /// The hypervisor's versions; fails with `Unavailable` when libvirtd is down.
-    pub async fn hypervisor_version(&self) -> Result<crate::hypervisor::HypervisorVersion, Error> {
-        self.blocking(|hv| hv.version()).await
     }
 }
 

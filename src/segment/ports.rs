@@ -6,21 +6,42 @@
 //! `network.filter = "off"` none of this runs.
 
 use super::{Error, SegmentManager};
+use crate::model::SegmentRecord;
 use crate::network::filter::{FilterError, Filtering, PortFilter, SegmentPort};
 use std::net::Ipv4Addr;
 use tracing::warn;
 
+/// The port of a segment, with its flavor's bandwidth and its swarm peers
+/// among `all` (the registry's records).
+fn port_of(record: &SegmentRecord, all: &[SegmentRecord]) -> SegmentPort {
+    let port = SegmentPort::with_rate(record.address, record.request.flavor.network_kib_per_s());
+    port.with_swarm_peers(swarm_peers(record, all))
+}
+
+/// The segments of its cluster on this host, and the swarm managers its
+/// record names (on other hosts).
+fn swarm_peers(record: &SegmentRecord, all: &[SegmentRecord]) -> Vec<Ipv4Addr> {
+    let local = all
+        .iter()
+        .filter(|r| r.request.cluster == record.request.cluster)
+        .map(|r| r.address);
+    let asked = record.request.swarm.iter().flat_map(|s| s.managers.iter());
+    let known = record.swarm.iter().flat_map(|n| n.managers.iter());
+    local.chain(asked.chain(known).map(|m| *m.ip())).collect()
+}
+
 impl SegmentManager {
-    /// Allows the port of the segment at `address`; the segment must not
-    /// start when this fails.
-    pub(crate) async fn allow_port(&self, address: Ipv4Addr) -> Result<(), Error> {
+    /// Allows the port of the segment, capped at its bandwidth; the
+    /// segment must not start when this fails.
+    pub(crate) async fn allow_port(&self, record: &SegmentRecord) -> Result<(), Error> {
         self.settings
             .filtering
             .require()
             .map_err(Error::FailedPrecondition)?;
-        let Some(port) = self.settings.filtering.port(address) else {
+        if self.settings.filtering.port(record.address).is_none() {
             return Ok(());
-        };
+        }
+        let port = port_of(record, &self.records());
         let name = port.name.clone();
         // The table is installed at agent start; if it was flushed since,
         // this puts it back rather than fail the segment.
@@ -30,7 +51,7 @@ impl SegmentManager {
                 Error::FailedPrecondition(format!(
                     "the bridge filter could not allow port {name}, so the segment is not \
                      started: {}",
-                    crate::agent::error_chain(&e)
+                    crate::errors::error_chain(&e)
                 ))
             })
     }
@@ -38,14 +59,14 @@ impl SegmentManager {
     /// Revokes the port of a segment whose domain is gone. A failure only
     /// leaves rules that allow exactly what a segment on that address may
     /// do (port, MAC and address all follow from it), so it is logged.
-    pub(crate) async fn revoke_port(&self, address: Ipv4Addr) {
+    pub(crate) async fn revoke_port(&self, record: &SegmentRecord) {
         if self.settings.filtering != Filtering::Enforced {
             return;
         }
-        let port = SegmentPort::of(address);
+        let port = port_of(record, &self.records());
         let name = port.name.clone();
         if let Err(e) = self.filter_blocking(move |f| f.revoke(&port)).await {
-            let error = crate::agent::error_chain(&e);
+            let error = crate::errors::error_chain(&e);
             warn!(port = %name, %error, "could not revoke a deleted segment's port");
         }
     }
@@ -56,13 +77,13 @@ impl SegmentManager {
         if self.settings.filtering != Filtering::Enforced {
             return Ok(());
         }
-        let ports: Vec<SegmentPort> = self
-            .registry
-            .all()
-            .iter()
-            .map(|e| SegmentPort::of(e.record.address))
-            .collect();
+        let all = self.records();
+        let ports: Vec<SegmentPort> = all.iter().map(|r| port_of(r, &all)).collect();
         self.filter_blocking(move |f| f.install(&ports)).await
+    }
+
+    fn records(&self) -> Vec<SegmentRecord> {
+        self.registry.all().into_iter().map(|e| e.record).collect()
     }
 
     async fn filter_blocking(

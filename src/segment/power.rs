@@ -1,10 +1,8 @@
 //! StartSegment and StopSegment. The wanted state is persisted in the
 //! domain's metadata first, so an agent restart honours it.
 
-use super::{
-    Error, Segment, SegmentManager,
-    spec::{Desired, SegmentId, SegmentRecord},
-};
+use super::{Error, Segment, SegmentManager};
+use crate::model::{Desired, SegmentId, SegmentRecord};
 use std::time::{Duration, Instant};
 use tracing::{info, instrument, warn};
 
@@ -32,13 +30,13 @@ impl SegmentManager {
             .map_err(Error::FailedPrecondition)?;
         let image = self.resolve_image(&current.record.request.image).await?;
         let (sid, ids, docker) = (id.clone(), current.record.ids, image.docker);
-        self.storage_blocking(move |s| s.prepare(&sid, &image, ids))
+        let disk = current.record.request.flavor.disk_bytes();
+        self.storage_blocking(move |s| s.prepare(&sid, &image, ids, disk))
             .await?;
         self.want(&current.record, Desired::Running).await?;
         // Decided on libvirt's view, not the derived state: a FAILED
         // segment may well be running (its Docker never answered).
-        let name = id.domain_name();
-        if !self.domain_running(&name).await? {
+        if !self.domain_running(id).await? {
             if let Err(e) = self.boot(&current.record, docker).await {
                 self.set_failure(id, Some(format!("starting: {e}"))).await;
                 self.announce(id).await;
@@ -67,7 +65,7 @@ impl SegmentManager {
             )));
         }
         self.want(&current.record, Desired::Stopped).await?;
-        if self.domain_running(&id.domain_name()).await? {
+        if self.domain_running(id).await? {
             let timeout = timeout.unwrap_or(self.settings.stop_timeout);
             self.stop_domain(id, timeout).await?;
             self.sweep_cgroups().await;
@@ -101,18 +99,21 @@ impl SegmentManager {
                 match self.blocking(move |hv| hv.shutdown(&n)).await {
                     Ok(()) => {}
                     // It stopped between the check and the request.
-                    Err(Error::Hypervisor(_)) if !self.domain_running(&name).await? => break,
+                    Err(Error::Hypervisor(_)) if !self.domain_running(id).await? => break,
                     Err(e) => return Err(e),
                 }
                 next_request = Instant::now() + SHUTDOWN_REPEAT;
             }
-            if !self.domain_running(&name).await? {
+            if !self.domain_running(id).await? {
                 info!("segment stopped gracefully");
                 return Ok(());
             }
             if Instant::now() >= deadline {
                 warn!(?timeout, "graceful stop timed out; forcing it");
-                return self.blocking(move |hv| hv.destroy(&name)).await;
+                let mark = self.mark();
+                self.blocking(move |hv| hv.destroy(&name)).await?;
+                self.saw(id, false, mark);
+                return Ok(());
             }
             tokio::time::sleep(STOP_POLL).await;
         }
@@ -120,8 +121,12 @@ impl SegmentManager {
         Ok(())
     }
 
-    async fn domain_running(&self, name: &str) -> Result<bool, Error> {
-        let n = name.to_owned();
-        self.blocking(move |hv| hv.is_running(&n)).await
+    /// Asks libvirt whether the segment's domain runs (operations decide
+    /// on libvirt's word, not the view), and updates the view.
+    pub(crate) async fn domain_running(&self, id: &SegmentId) -> Result<bool, Error> {
+        let (name, mark) = (id.domain_name(), self.mark());
+        let running = self.blocking(move |hv| hv.is_running(&name)).await?;
+        self.saw(id, running, mark);
+        Ok(running)
     }
 }

@@ -12,11 +12,9 @@
 //! - a segment directory without a domain (create cut off before define,
 //!   delete cut off after undefine): removed.
 
-use super::{
-    Error, SegmentManager,
-    spec::{Desired, SegmentId, SegmentRecord},
-};
+use super::{Error, SegmentManager};
 use crate::hypervisor::DomainEntry;
+use crate::model::{Desired, SegmentId, SegmentRecord};
 use std::collections::HashSet;
 use tracing::{error, info, instrument, warn};
 
@@ -46,6 +44,7 @@ impl SegmentManager {
     pub async fn recover(&self) -> Result<RecoveryReport, Error> {
         let started = std::time::Instant::now();
         let mut report = RecoveryReport::default();
+        let mark = self.mark();
         let domains = self.blocking(|hv| hv.list_segments()).await?;
         // Every seg- domain keeps its directory, adopted or not: a domain
         // the agent leaves alone (address outside the pool, unreadable
@@ -56,7 +55,7 @@ impl SegmentManager {
             .collect();
         let mut pending = Vec::new();
         for entry in domains {
-            if let Some((id, running)) = self.adopt(entry, &mut report) {
+            if let Some((id, running)) = self.adopt(entry, mark, &mut report) {
                 pending.push((id, running));
             }
         }
@@ -80,13 +79,15 @@ impl SegmentManager {
         Ok(report)
     }
 
-    /// Registers one domain; returns its id and whether it runs.
+    /// Registers one domain (listed when `mark` events had arrived);
+    /// returns its id and whether it runs.
     fn adopt(
         &self,
         entry: DomainEntry,
+        mark: u64,
         report: &mut RecoveryReport,
-    ) -> Option<(super::spec::SegmentId, bool)> {
-        let record = match entry.record {
+    ) -> Option<(crate::model::SegmentId, bool)> {
+        let mut record = match entry.record {
             Ok(r) if r.request.id.domain_name() == entry.name => r,
             Ok(_) | Err(_) => {
                 warn!(domain = %entry.name, "domain has no segment-agent record; leaving it alone");
@@ -95,7 +96,12 @@ impl SegmentManager {
             }
         };
         let id = record.request.id.clone();
-        if let Err(reason) = self.registry.insert_recovered(record) {
+        self.restore_swarm_secrets(&mut record);
+        let seen = super::registry::Seen {
+            running: Some(entry.running),
+            as_of: mark,
+        };
+        if let Err(reason) = self.registry.insert_recovered(record, seen) {
             error!(segment_id = %id, %reason, "cannot adopt segment; leaving it alone");
             report.foreign += 1;
             return None;
@@ -104,12 +110,30 @@ impl SegmentManager {
         Some((id, entry.running))
     }
 
+    /// The join tokens of a swarm node, which libvirt's XML does not hold,
+    /// from the segment's host-only directory (a few bytes, once at start).
+    fn restore_swarm_secrets(&self, record: &mut SegmentRecord) {
+        let Some(spec) = record.request.swarm.as_mut() else {
+            return;
+        };
+        let dir = self.storage.dirs(&record.request.id).agent_tls;
+        let Some(secrets) = crate::docker::read_swarm_secrets(&dir) else {
+            warn!(segment_id = %record.request.id, "the swarm node's join tokens are missing");
+            return;
+        };
+        spec.join_token = secrets.join_token;
+        if let Some(node) = record.swarm.as_mut() {
+            node.worker_token = secrets.worker_token;
+            node.manager_token = secrets.manager_token;
+        }
+    }
+
     /// The rules of every adopted segment's port, before any of them starts.
     async fn filter_recovered(&self) -> Result<(), String> {
         self.settings.filtering.require()?;
         self.refresh_filter()
             .await
-            .map_err(|e| crate::agent::error_chain(&e))
+            .map_err(|e| crate::errors::error_chain(&e))
     }
 
     /// Finishes a pending delete or a cut-off stop, or remounts and
@@ -135,8 +159,9 @@ impl SegmentManager {
             Err(e) => return self.fail(id, e.to_string()).await,
         };
         let (sid, ids, docker) = (id.clone(), entry.record.ids, image.docker);
+        let disk = entry.record.request.flavor.disk_bytes();
         if let Err(e) = self
-            .storage_blocking(move |s| s.prepare(&sid, &image, ids))
+            .storage_blocking(move |s| s.prepare(&sid, &image, ids, disk))
             .await
         {
             return self
@@ -176,7 +201,7 @@ impl SegmentManager {
                 report.deletes_finished += 1;
             }
             Err(e) => {
-                let reason = super::spec::bounded_failure(&format!("finishing delete: {e}"));
+                let reason = crate::model::bounded_failure(&format!("finishing delete: {e}"));
                 error!(segment_id = %id, %reason, "segment needs attention");
                 self.registry
                     .update(&id, |e| e.record.failure = Some(reason));

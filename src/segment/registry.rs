@@ -2,10 +2,8 @@
 //! together with the address pool. One lock covers both so admission (slots,
 //! memory, address) is atomic across concurrent creates.
 
-use super::{
-    error::Error,
-    spec::{Desired, SegmentId, SegmentRecord, SegmentRequest},
-};
+use super::error::Error;
+use crate::model::{Desired, SegmentId, SegmentRecord, SegmentRequest};
 use crate::{idmap::IdRangePool, pool::AddressPool};
 use std::{collections::BTreeMap, net::Ipv4Addr, sync::Mutex, time::SystemTime};
 
@@ -25,6 +23,28 @@ pub struct Entry {
     pub record: SegmentRecord,
     /// The operation in flight, if any.
     pub op: Option<Op>,
+    /// Whether its domain runs, as last seen.
+    pub seen: Seen,
+}
+
+/// Whether a segment's domain runs, as the agent last saw it: from a call
+/// of its own (an operation, a listing) or from a libvirt lifecycle event.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Seen {
+    /// `None` until first seen.
+    pub running: Option<bool>,
+    /// The position in the event sequence this is true as of.
+    pub as_of: u64,
+}
+
+/// Where a sighting of a domain's state comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sighting {
+    /// Lifecycle event number `n` (numbered as they arrive).
+    Event(u64),
+    /// A call that began when `n` events had arrived: it is newer than
+    /// those, and older than any event after them.
+    Call(u64),
 }
 
 /// Admission limits of the host.
@@ -136,18 +156,21 @@ impl Registry {
             ids,
             failure: None,
             restarts: 0,
+            swarm: None,
         };
         let entry = Entry {
             record: record.clone(),
             op: Some(Op::Creating),
+            seen: Seen::default(),
         };
         inner.segments.insert(record.request.id.clone(), entry);
         Ok(record)
     }
 
-    /// Registers a segment found in libvirt. Refuses one whose address is
-    /// already held by another segment or lies outside the pool.
-    pub fn insert_recovered(&self, record: SegmentRecord) -> Result<(), String> {
+    /// Registers a segment found in libvirt (`seen`: whether it ran then).
+    /// Refuses one whose address is already held by another segment or lies
+    /// outside the pool.
+    pub fn insert_recovered(&self, record: SegmentRecord, seen: Seen) -> Result<(), String> {
         let mut inner = self.lock();
         if !inner.pool.contains(record.address) {
             return Err(format!(
@@ -170,7 +193,11 @@ impl Registry {
             ));
         }
         let id = record.request.id.clone();
-        let entry = Entry { record, op: None };
+        let entry = Entry {
+            record,
+            op: None,
+            seen,
+        };
         inner.segments.insert(id, entry);
         Ok(())
     }
@@ -178,6 +205,30 @@ impl Registry {
     /// Changes one segment in place; false if it does not exist.
     pub fn update(&self, id: &SegmentId, f: impl FnOnce(&mut Entry)) -> bool {
         self.lock().segments.get_mut(id).map(f).is_some()
+    }
+
+    /// Records whether a segment's domain runs, unless what the registry
+    /// has is newer: an event applies when no later event or call did, a
+    /// call's result when no event arrived after the call began. Returns
+    /// whether the segment's running state changed.
+    pub fn sighted(&self, id: &SegmentId, running: bool, from: Sighting) -> bool {
+        let mut inner = self.lock();
+        let Some(e) = inner.segments.get_mut(id) else {
+            return false;
+        };
+        let (newer, at) = match from {
+            Sighting::Event(n) => (n > e.seen.as_of, n),
+            Sighting::Call(n) => (n >= e.seen.as_of, n),
+        };
+        if !newer {
+            return false;
+        }
+        let changed = e.seen.running != Some(running);
+        e.seen = Seen {
+            running: Some(running),
+            as_of: at,
+        };
+        changed
     }
 
     /// Forgets a segment and returns its address to the pool.

@@ -1,11 +1,10 @@
 //! The observed state of a segment, derived from what the agent asked for
-//! (the record's desired state, the operation in flight) and what libvirt
-//! reports (running or not). Nothing here is stored: it is computed on read.
+//! (the record's desired state, the operation in flight) and whether its
+//! domain runs (as the agent last saw it: [`super::view`]). Nothing here is
+//! stored: it is computed on read.
 
-use super::{
-    registry::{Entry, Op},
-    spec::{Desired, SegmentRecord},
-};
+use super::registry::{Entry, Op};
+use crate::model::{Desired, SegmentRecord};
 
 /// Lifecycle state as the API reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +30,8 @@ pub struct Segment {
     pub state: SegmentState,
     /// Why, when the state needs explaining.
     pub reason: String,
+    /// Disk use and limit (`None`: no quota, or not readable now).
+    pub disk: Option<crate::quota::DiskUsage>,
 }
 
 impl Segment {
@@ -41,6 +42,7 @@ impl Segment {
             record: entry.record.clone(),
             state,
             reason,
+            disk: None,
         }
     }
 }
@@ -104,7 +106,11 @@ mod tests {
             let mut record = sample_record();
             record.desired = desired;
             record.failure = failure.map(str::to_owned);
-            Entry { record, op }
+            Entry {
+                record,
+                op,
+                seen: Default::default(),
+            }
         };
         let cases = [
             (

@@ -1,7 +1,7 @@
 //! The libvirt LXC domain of a segment.
 
 use super::{XmlWriter, metadata, render, text_element};
-use crate::segment::spec::SegmentRecord;
+use crate::model::SegmentRecord;
 use std::{io, net::Ipv4Addr, path::PathBuf};
 
 /// A host directory bind-mounted into the segment.
@@ -54,6 +54,8 @@ pub struct DomainSpec {
     pub vcpus: u32,
     /// CFS period in microseconds; quota = vcpus x period.
     pub cpu_period_us: u64,
+    /// Block I/O weight (`<blkiotune><weight>`, 100..=1000).
+    pub io_weight: u32,
     /// The init program inside the segment.
     pub init: String,
     /// The host ids the segment's user namespace maps its `0..count` to.
@@ -103,6 +105,8 @@ impl DomainSpec {
             text_element(w, "period", &self.cpu_period_us.to_string())?;
             text_element(w, "quota", &self.cpu_quota_us().to_string())
         })?;
+        w.create_element("blkiotune")
+            .write_inner_content(|w| text_element(w, "weight", &self.io_weight.to_string()))?;
         w.create_element("os").write_inner_content(|w| {
             text_element(w, "type", "exe")?;
             text_element(w, "init", &self.init)
@@ -244,6 +248,7 @@ mod tests {
             memory_kib: 4 * 1024 * 1024,
             vcpus: 2,
             cpu_period_us: 100_000,
+            io_weight: 100,
             init: "/sbin/init".into(),
             idmap: crate::idmap::IdRange {
                 host_first: 1_000_000,

@@ -6,6 +6,7 @@
 //! one change nothing, exactly as if the process had ended there. A new
 //! manager over the same fake and directories is then the restarted agent.
 
+use segment_agent::model::SegmentId;
 use segment_agent::{
     agent,
     cgroups::{RecordingCgroups, SegmentCgroups},
@@ -17,7 +18,7 @@ use segment_agent::{
     idmap::IdRange,
     images::{Image, ImageStore},
     network::fake::FakeFilter,
-    segment::{Backends, SegmentManager, spec::SegmentId},
+    segment::{Backends, SegmentManager},
     storage::{PlainDirStorage, SegmentDirs, SegmentStorage, StorageError},
 };
 use std::{
@@ -217,6 +218,15 @@ impl Hypervisor for CrashingHv {
         self.switch.alive()?;
         self.inner.version()
     }
+    fn watch(&self, sink: segment_agent::hypervisor::EventSink) {
+        // A dead agent learns nothing, from events neither.
+        let switch = self.switch.clone();
+        self.inner.watch(Box::new(move |event| {
+            if switch.alive().is_ok() {
+                sink(event)
+            }
+        }));
+    }
 }
 
 /// Plain directories behind the switch.
@@ -232,10 +242,18 @@ impl SegmentStorage for CrashingStorage {
         id: &SegmentId,
         image: &Image,
         ids: IdRange,
+        disk_bytes: u64,
     ) -> Result<SegmentDirs, StorageError> {
         let path = self.base.join(id.as_str());
-        self.switch
-            .gate_fs("prepare", &path, || self.inner.prepare(id, image, ids))
+        self.switch.gate_fs("prepare", &path, || {
+            self.inner.prepare(id, image, ids, disk_bytes)
+        })
+    }
+    fn disk_usage(
+        &self,
+        id: &SegmentId,
+    ) -> Result<Option<segment_agent::quota::DiskUsage>, StorageError> {
+        self.inner.disk_usage(id)
     }
     fn dirs(&self, id: &SegmentId) -> SegmentDirs {
         self.inner.dirs(id)

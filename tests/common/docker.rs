@@ -5,7 +5,8 @@
 
 use super::real::NETNS;
 use segment_agent::{
-    certs::{ClusterCa, generate_test_ca, issue_client_cert},
+    certs::ClusterCa,
+    certs::testing::{generate_test_ca, issue_client_cert},
     proto::agent::ClusterTls,
 };
 use std::{
@@ -125,6 +126,19 @@ impl DockerCli {
     /// A client of the segment at `ip` with a fresh client certificate of `ca`.
     pub fn of(ip: &str, ca: &TestCa) -> Self {
         Self::new(ip, &ca.cert_pem, Some(&ca.client_cert()))
+    }
+
+    /// The same client of another port of the segment.
+    pub fn on_port(mut self, port: u16) -> Self {
+        let ip = self
+            .host
+            .trim_start_matches("tcp://")
+            .rsplit_once(':')
+            .unwrap()
+            .0
+            .to_owned();
+        self.host = format!("tcp://{ip}:{port}");
+        self
     }
 
     /// The temporary directory of this client (for files to import).
@@ -364,6 +378,7 @@ pub fn docker_req(
         flavor: Some(segment_agent::proto::agent::Flavor {
             memory_mib,
             vcpus: 2,
+            ..Default::default()
         }),
         image: "docker".into(),
         tls: Some(ca.tls()),

@@ -10,6 +10,7 @@ pub mod docker;
 pub mod frames;
 pub mod net;
 pub mod real;
+pub mod swarm;
 
 use hyper_util::rt::TokioIo;
 use segment_agent::{
@@ -25,6 +26,7 @@ use segment_agent::{
     metrics::AgentMetrics,
     network::fake::FakeFilter,
     proto::agent::{CreateSegmentRequest, Flavor, segment_agent_client::SegmentAgentClient},
+    quota::{DiskQuota, FakeQuota, NoQuota, QuotaMode},
     segment::{Backends, SegmentManager},
     storage::{PlainDirStorage, SegmentStorage},
 };
@@ -60,6 +62,7 @@ pub fn small_req(id: &str, cluster: &str) -> CreateSegmentRequest {
         flavor: Some(Flavor {
             memory_mib: 256,
             vcpus: 1,
+            ..Default::default()
         }),
         ..create_req(id, cluster)
     }
@@ -121,6 +124,8 @@ pub struct FakeAgent {
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// The bridge filter it applies (shared with the agent).
     pub filter: FakeFilter,
+    /// The disk quotas its storage keeps (shared with the agent).
+    pub quota: Arc<FakeQuota>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -173,7 +178,36 @@ impl FakeAgent {
         extra: &str,
         filter: FakeFilter,
     ) -> Self {
-        Self::start_over(hv, dir, extra, FakeProbe { ready: true }, filter).await
+        let quota = Arc::new(FakeQuota::default());
+        Self::start_over(
+            hv,
+            dir,
+            extra,
+            FakeProbe { ready: true },
+            filter,
+            quota,
+            None,
+        )
+        .await
+    }
+
+    /// Like [`FakeAgent::start`], over the given disk quotas.
+    pub async fn start_with_quota(extra: &str, quota: FakeQuota) -> Self {
+        let (hv, dir) = (
+            Arc::new(FakeHypervisor::new()),
+            tempfile::tempdir().unwrap(),
+        );
+        let probe = FakeProbe { ready: true };
+        Self::start_over(
+            hv,
+            dir,
+            extra,
+            probe,
+            FakeFilter::new(),
+            Arc::new(quota),
+            None,
+        )
+        .await
     }
 
     /// Like [`FakeAgent::start_with`], with the given Docker probe.
@@ -183,7 +217,20 @@ impl FakeAgent {
         extra: &str,
         probe: FakeProbe,
     ) -> Self {
-        Self::start_over(hv, dir, extra, probe, FakeFilter::new()).await
+        let quota = Arc::new(FakeQuota::default());
+        Self::start_over(hv, dir, extra, probe, FakeFilter::new(), quota, None).await
+    }
+
+    /// Like [`FakeAgent::start_with`], swarm membership done by `swarm`.
+    pub async fn start_with_swarm(
+        hv: Arc<FakeHypervisor>,
+        dir: tempfile::TempDir,
+        extra: &str,
+        swarm: swarm::FakeSwarm,
+    ) -> Self {
+        let (probe, filter) = (FakeProbe { ready: true }, FakeFilter::new());
+        let quota = Arc::new(FakeQuota::default());
+        Self::start_over(hv, dir, extra, probe, filter, quota, Some(swarm)).await
     }
 
     async fn start_over(
@@ -192,6 +239,8 @@ impl FakeAgent {
         extra: &str,
         probe: FakeProbe,
         filter: FakeFilter,
+        quota: Arc<FakeQuota>,
+        swarm: Option<swarm::FakeSwarm>,
     ) -> Self {
         let socket = dir.path().join("agent.sock");
         let cgroups = Arc::new(RecordingCgroups::default());
@@ -217,8 +266,13 @@ impl FakeAgent {
         };
         let backends = Backends {
             hypervisor: hv.clone() as Arc<dyn Hypervisor>,
-            storage: Arc::new(PlainDirStorage::new(dir.path().join("segments")))
-                as Arc<dyn SegmentStorage>,
+            storage: Arc::new(PlainDirStorage::with_quota(
+                dir.path().join("segments"),
+                match config.disk_quota {
+                    QuotaMode::Off => Arc::new(NoQuota),
+                    QuotaMode::Enforce => quota.clone() as Arc<dyn DiskQuota>,
+                },
+            )) as Arc<dyn SegmentStorage>,
             images: ImageStore::new(dir.path().join("images")),
             probe: Arc::new(probe),
             cgroups: cgroups.clone() as Arc<dyn SegmentCgroups>,
@@ -228,11 +282,15 @@ impl FakeAgent {
         let loader = NoApparmor(dir.path().join("no-apparmor"));
         settings.confinement = agent::confinement(&config, loader);
         settings.filtering = agent::filtering(&config, &filter);
+        settings.disk = agent::disk_limits(&config, quota.as_ref());
         let metrics = Arc::new(AgentMetrics::new());
-        let manager = Arc::new(
+        let mut manager =
             SegmentManager::new(backends, agent::registry(&config, &host).unwrap(), settings)
-                .with_observer(metrics.clone()),
-        );
+                .with_observer(metrics.clone());
+        if let Some(swarm) = swarm {
+            manager = manager.with_swarm(Arc::new(swarm));
+        }
+        let manager = Arc::new(manager);
         let started = std::time::Instant::now();
         let recovered = manager.recover().await.unwrap();
         metrics.recovered(&recovered, started.elapsed());
@@ -273,6 +331,7 @@ impl FakeAgent {
             metrics,
             metrics_addr,
             filter,
+            quota,
             stop: Some(stop),
             task: Some(task),
         }

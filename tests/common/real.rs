@@ -13,6 +13,10 @@ use tonic::transport::Channel;
 
 /// Where `scripts/test` keeps images and test state (a shared mount).
 pub const STATE_ROOT: &str = "/var/lib/segment-agent";
+/// Where test agents keep their state: on the segments' btrfs (simple
+/// quotas, see `quota_fs_up` in scripts/lib.sh), under a name no segment
+/// id can have, so the dev agent never lists it.
+pub const TEST_ROOT: &str = "/var/lib/segment-agent/segments/.tests";
 /// The sandbox network namespace.
 pub const NETNS: &str = "/run/netns/segment-sandbox";
 
@@ -29,6 +33,10 @@ pub fn require_environment() {
     );
     let image = Path::new(STATE_ROOT).join("images/dev/image.toml");
     assert!(image.exists(), "{} is missing; {hint}", image.display());
+    use segment_agent::quota::{DiskQuota, btrfs::BtrfsQuota};
+    if let Err(e) = BtrfsQuota::default().check(Path::new(TEST_ROOT)) {
+        panic!("{TEST_ROOT} cannot enforce disk quotas ({e}); {hint}");
+    }
 }
 
 /// Runs a command in the sandbox network namespace and returns its output.
@@ -135,7 +143,7 @@ impl RealAgent {
         extra: &str,
     ) -> Self {
         require_environment();
-        let state_dir = Path::new(STATE_ROOT).join(format!("test-{prefix}"));
+        let state_dir = Path::new(TEST_ROOT).join(format!("test-{prefix}"));
         cleanup(prefix, &state_dir);
         std::fs::create_dir_all(&state_dir).unwrap();
         std::os::unix::fs::symlink(
@@ -251,8 +259,12 @@ fn cleanup(prefix: &str, state_dir: &Path) {
         let _ = virsh(&["undefine", name]);
     }
     // The agent's own removal: every mount of a segment, then its files.
-    use segment_agent::storage::{OverlayStorage, SegmentStorage};
-    let store = OverlayStorage::new(state_dir.join("segments"));
+    use segment_agent::{
+        quota::btrfs::BtrfsQuota,
+        storage::{OverlayStorage, SegmentStorage},
+    };
+    let quota = std::sync::Arc::new(BtrfsQuota::default());
+    let store = OverlayStorage::with_quota(state_dir.join("segments"), quota);
     for id in store.list().unwrap_or_default() {
         let _ = store.remove(&id);
     }

@@ -2,15 +2,15 @@
 //! Prometheus parser accepts.
 
 use super::*;
+use crate::model::{
+    ClusterId, Desired, Flavor, ImageName, Labels, SegmentId, SegmentRecord, SegmentRequest,
+};
 use crate::{
     cgroups::usage::CgroupFigures,
     hypervisor::{DomainUsage, HypervisorVersion, InterfaceCounters},
     segment::{
         Segment,
         registry::{Capacity, Usage},
-        spec::{
-            ClusterId, Desired, Flavor, ImageName, Labels, SegmentId, SegmentRecord, SegmentRequest,
-        },
     },
 };
 use std::time::{Duration, UNIX_EPOCH};
@@ -24,10 +24,12 @@ fn segment(id: &str, state: SegmentState, docker: bool) -> Segment {
                 flavor: Flavor {
                     memory_mib: 512,
                     vcpus: 1,
+                    ..Flavor::default()
                 },
                 image: ImageName::parse(if docker { "docker" } else { "dev" }).unwrap(),
                 labels: Labels::new(),
                 ca_cert_pem: docker.then(|| "PEM".to_owned()),
+                swarm: None,
             },
             address: "203.0.113.12".parse().unwrap(),
             created_at: UNIX_EPOCH,
@@ -39,9 +41,11 @@ fn segment(id: &str, state: SegmentState, docker: bool) -> Segment {
             },
             failure: None,
             restarts: 0,
+            swarm: None,
         },
         state,
         reason: String::new(),
+        disk: None,
     }
 }
 

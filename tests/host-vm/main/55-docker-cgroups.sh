@@ -21,8 +21,52 @@ import_busybox oomdk-1
 cg=$(segment_cgroup oomdk-1)
 expect_eq "$(cat "$cg/memory.max")" 536870912 "memory.max of a 512 MiB Docker segment"
 dk oomdk-1 rm -f hog >/dev/null 2>&1 || true
+# The kill is counted where the kernel made it. Docker's own OOMKilled flag
+# is not asserted: on cgroup v2 it is false now and then when the limit that
+# struck is an ancestor's (docker/ or the segment's), not the container's.
+kills=$(oom_kills "$cg/docker")
 expect_fails "container: allocate 700 MiB" dk oomdk-1 run --name hog busybox:vm dd if=/dev/zero of=/dev/null bs=700M count=1
-expect_eq "$(dk oomdk-1 inspect -f '{{.State.OOMKilled}} {{.State.ExitCode}}' hog)" "true 137" "the container was OOM-killed"
+expect_eq "$(dk oomdk-1 inspect -f '{{.State.ExitCode}}' hog)" 137 "the container's exit (SIGKILL)"
+((${kills} < $(oom_kills "$cg/docker"))) || fail "no OOM kill in oomdk-1's containers' cgroup"
 expect_eq "$(rpc GetSegment '{"segment_id":"oomdk-1"}' | jq -r .state)" SEGMENT_STATE_RUNNING "the Docker segment after the kill"
 dk oomdk-1 info >/dev/null || fail "Docker of oomdk-1 does not answer after the kill"
+
+# tmpfs pages belong to no process: /dev/shm filled past the segment's
+# memory (the red-team suite's attack on dockerd) ends in the containers'
+# cgroup, and the management daemons keep running, same PIDs.
+daemons() {
+    local p
+    for p in $(segment_pids oomdk-1); do
+        case $(cat "/proc/$p/comm" 2>/dev/null) in dockerd | containerd | segment-authz) echo "$p" ;; esac
+    done | sort -n | tr '\n' ' '
+}
+before=$(daemons)
+# dockerd, containerd, and segment-authz twice: the plugin and the TLS front.
+expect_eq "$(wc -w <<<"$before")" 4 "oomdk-1's management daemons ($before)"
+kills=$(oom_kills "$cg/docker")
+expect_fails "container: 900 MiB into /dev/shm of a 512 MiB segment" dk oomdk-1 run --rm --shm-size 1g busybox:vm \
+    sh -c 'dd if=/dev/zero of=/dev/shm/f bs=1M count=900 && dd if=/dev/zero of=/dev/null bs=200M count=1'
+((${kills} < $(oom_kills "$cg/docker"))) || fail "no OOM kill in oomdk-1's containers' cgroup"
+expect_eq "$(daemons)" "$before" "oomdk-1's management daemons after the shm fill"
+expect_eq "$(dk oomdk-1 run --rm busybox:vm echo alive)" alive "a container after the shm fill"
+
+# BuildKit's RUN steps (DOCKER_BUILDKIT=1, no flag at all) run below the
+# containers' cgroup: a build works, and its step's cgroup is there.
+kit() { DOCKER_BUILDKIT=1 dk oomdk-1 build -q "$@"; }
+printf 'FROM busybox:vm\nRUN echo built >/f\n' | kit -t kit:vm - >/dev/null
+expect_eq "$(dk oomdk-1 run --rm kit:vm cat /f)" built "a file made by a BuildKit step"
+printf 'FROM busybox:vm\nRUN sleep 100005\n' | kit -t kit-probe:vm - >/dev/null 2>&1 &
+build=$!
+wait_until 120 "the BuildKit step" pgrep -fx "sleep 100005"
+step=$(pgrep -fx "sleep 100005")
+step_cg=/sys/fs/cgroup$(sed -n 's/^0:://p' "/proc/$step/cgroup")
+kill -KILL "$step"
+wait "$build" || true
+case $step_cg in
+    "$cg"/docker/*) say "ok: the BuildKit step ran in $step_cg" ;;
+    *) fail "the BuildKit step ran in $step_cg, outside the containers' cgroup $cg/docker" ;;
+esac
+# Not asserted here yet: a BuildKit step allocating 700 MiB in this
+# 512 MiB segment went through in the VM (the step's cgroup is below
+# docker/, whose memory.max is 256 MiB); under investigation.
 rpc DeleteSegment '{"segment_id":"oomdk-1"}' >/dev/null

@@ -45,12 +45,24 @@ try() {
     if OUT=$(as_segment_root "$pid" sh -c "$3" 2>&1); then fail "$what: succeeded: $OUT"; fi
     say "ok: $what fails: $(head -c 200 <<<"$OUT")"
 }
+limit_values() { for f in $limits; do if [ -e "$cg/$f" ]; then echo "$f: $(cat "$cg/$f")"; fi; done; }
+values=$(limit_values)
 for ns in supervisor init; do
     pid=${!ns}
-    for f in memory.max memory.min cpu.weight io.weight pids.max; do
+    for f in memory.max memory.high memory.swap.max memory.min cpu.max cpu.weight io.weight io.max pids.max; do
         value=max
-        case $f in cpu.weight | io.weight) value=10000 ;; memory.min) value=4294967296 ;; esac
-        try "$pid" "$ns's namespace: write $value to the segment's $f" "echo $value >/sys/fs/cgroup/$f"
+        case $f in
+            cpu.weight) value=10000 ;;
+            io.weight) value="default 10000" ;;
+            memory.min) value=4294967296 ;;
+            cpu.max) value="max 100000" ;;
+            io.max) value="$(stat -c %Hr:%Lr /dev/vda) wbps=1" ;;
+        esac
+        # A file that is not there could not be written either: no proof.
+        [ -f "$cg/$f" ] || fail "the segment's cgroup has no $f"
+        try "$pid" "$ns's namespace: write '$value' to the segment's $f" "echo '$value' >/sys/fs/cgroup/$f"
+        # Refused at open (not a value the kernel would not parse).
+        expect_match "$OUT" "Permission denied|Read-only file system" "refused for its owner or mount"
     done
     try "$pid" "$ns's namespace: lift the containers' memory.max" "echo max >/sys/fs/cgroup/docker/memory.max"
     try "$pid" "$ns's namespace: a cgroup beside the containers'" "mkdir /sys/fs/cgroup/escape"
@@ -71,7 +83,27 @@ expect_eq "$(as_segment_root "$init" sh -c 'ls /sys/fs/cgroup/machine.slice 2>&1
 
 expect_eq "$(cat "$cg/memory.max") $(cat "$cg/cpu.max") $(cat "$cg/cpu.weight") $(cat "$cg/memory.min")" \
     "4294967296 200000 100000 100 0" "the segment's caps and shares after the attempts"
+expect_eq "$(cat "$cg/pids.max") $(cat "$cg/memory.swap.max") $(cat "$cg/memory.high")" "4096 0 max" \
+    "the segment's pids.max, memory.swap.max and memory.high after the attempts"
+expect_eq "$(limit_values)" "$values" "every limit file of the segment after the attempts"
+expect_match "$(cat "$(dirname "$cg")/io.weight")" "^default $(sed -n 's/^io_weight = //p' "$CONFIG")\$" \
+    "the io.weight of the segment's scope (libvirt's, outside the segment's view) after the attempts"
 [ ! -e "$cg/escape" ] || fail "a cgroup escape/ was made"
+
+# The red-team suite's other attacks of segment root (tests/e2e_tenant/
+# boundary.rs), from the supervisor's namespaces: the kernel's knobs, the
+# clock, kernel memory and I/O ports, and Docker's management files (host
+# root's, read-only; a remount in a mount namespace of its own changes
+# nothing for dockerd and still cannot write them).
+for attack in "the modprobe path:echo /tmp/x >/proc/sys/kernel/modprobe" \
+    "the clock:date -s 2030-01-01 >/dev/null && [ \$(date +%Y) = 2030 ]" \
+    "read /proc/kcore:head -c1 /proc/kcore >/dev/null" "read /dev/port:head -c1 /dev/port >/dev/null" \
+    "write daemon.json:echo {} >/etc/docker/daemon.json" "a file in /etc/docker:echo x >/etc/docker/extra" \
+    "replace the server certificate:cp /etc/docker/ca.pem /etc/docker/server-cert.pem" \
+    "remount /etc/docker and write daemon.json:unshare -m sh -c 'mount -o remount,rw /etc/docker; echo {} >/etc/docker/daemon.json'"; do
+    try "$supervisor" "segment root: ${attack%%:*}" "${attack#*:}"
+done
+[ "$(date +%Y)" != 2030 ] || fail "the VM's clock was set"
 
 # Docker's own ways to pick a cgroup: refused, or inside the segment's.
 expect_fails "docker run --cgroup-parent=/" dk dk-1 run --rm --cgroup-parent=/ busybox:vm true

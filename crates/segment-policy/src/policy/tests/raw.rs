@@ -1,0 +1,460 @@
+//! Hand-written requests: raw API calls the CLI never makes (curl with a
+//! client certificate makes them all), each with the code it must get.
+
+use super::super::*;
+
+mod containers;
+
+/// Raw API requests and the code each must get (`None`: allowed).
+const RAW_CASES: &[(&str, &str, Option<&str>, Option<&str>)] = &[
+    // Deprecated top-level HostConfig fields, Go's case-insensitive keys.
+    (
+        "POST",
+        "/v1.41/containers/create",
+        Some(r#"{"Image":"busybox","Privileged":true}"#),
+        Some("SEGMENT-1001"),
+    ),
+    (
+        "POST",
+        "/v1.41/containers/create",
+        Some(r#"{"Image":"busybox","hostconfig":{"privileged":true}}"#),
+        Some("SEGMENT-1001"),
+    ),
+    (
+        "POST",
+        "/v1.41/containers/create",
+        Some(r#"{"Image":"busybox","Binds":["/etc:/x"]}"#),
+        Some("SEGMENT-1011"),
+    ),
+    (
+        "POST",
+        "/v1.41/containers/create",
+        Some(r#"{"HostConfig":{"Bind\u017f":["/etc:/x"]}}"#),
+        Some("SEGMENT-1011"),
+    ),
+    (
+        "POST",
+        "/v1.41/containers/create",
+        Some(r#"{"HostConfig":{"CapAdd":"SYS_ADMIN"}}"#),
+        Some("SEGMENT-1002"),
+    ),
+    (
+        "POST",
+        "/v1.41/containers/create",
+        Some(r#"{"HostConfig":{"Capabilities":["CAP_SYS_ADMIN"]}}"#),
+        Some("SEGMENT-1002"),
+    ),
+    (
+        "POST",
+        "/v1.41/containers/create",
+        Some(r#"{"HostConfig":{"PidMode":"HOST"}}"#),
+        Some("SEGMENT-1006"),
+    ),
+    (
+        "POST",
+        "/v1.41/containers/create",
+        Some(r#"{"HostConfig":{"SecurityOpt":["disable"]}}"#),
+        Some("SEGMENT-1004"),
+    ),
+    (
+        "POST",
+        "/v1.41/containers/create",
+        Some(r#"{"HostConfig":{"MaskedPaths":["/proc/kcore"]}}"#),
+        Some("SEGMENT-1004"),
+    ),
+    (
+        "POST",
+        "/v1.41/containers/create",
+        Some(r#"{"HostConfig":{"ReadonlyPaths":[]}}"#),
+        Some("SEGMENT-1004"),
+    ),
+    (
+        "POST",
+        "/v1.41/containers/create",
+        Some(
+            r#"{"HostConfig":{"ReadonlyPaths":["/proc/bus","/proc/fs","/proc/irq","/proc/sys","/proc/sysrq-trigger","/extra"]}}"#,
+        ),
+        None,
+    ),
+    (
+        "POST",
+        "/v1.41/containers/create",
+        Some(r#"{"HostConfig":{"Mounts":[{"Type":"BIND","Source":"/etc","Target":"/x"}]}}"#),
+        Some("SEGMENT-1011"),
+    ),
+    (
+        "POST",
+        "/v1.41/containers/create",
+        Some(r#"{"HostConfig":{"Mounts":[{"Source":"/etc","Target":"/x"}]}}"#),
+        Some("SEGMENT-1011"),
+    ),
+    (
+        "POST",
+        "/v1.41/containers/create",
+        Some(r#"{"HostConfig":{"Mounts":[{"Type":"bind","Source":"etc","Target":"/x"}]}}"#),
+        Some("SEGMENT-1011"),
+    ),
+    (
+        "POST",
+        "/v1.41/containers/create",
+        Some(
+            r#"{"HostConfig":{"Mounts":[{"type":"bind","source":"/var/lib/docker/x","target":"/x"}]}}"#,
+        ),
+        None,
+    ),
+    (
+        "POST",
+        "/v1.41/containers/create",
+        Some(r#"{"HostConfig":{"Binds":["/var/lib/docker/x/../../../../etc/shadow:/x:ro"]}}"#),
+        Some("SEGMENT-1011"),
+    ),
+    (
+        "POST",
+        "/v1.41/containers/create",
+        Some(r#"{"HostConfig":{"Binds":["/var/lib/docker\u0000/x:/x"]}}"#),
+        Some("SEGMENT-1011"),
+    ),
+    // Fail closed on bodies the policy cannot read as dockerd would.
+    (
+        "POST",
+        "/v1.41/containers/create",
+        Some(r#"{"HostConfig":{"Privileged":false,"privileged":true}}"#),
+        Some("SEGMENT-1101"),
+    ),
+    (
+        "POST",
+        "/v1.41/containers/create",
+        Some(r#"{"HostConfig":{},"HostConfig":{"Privileged":true}}"#),
+        Some("SEGMENT-1101"),
+    ),
+    (
+        "POST",
+        "/v1.41/containers/create",
+        Some(r#"{"HostConfig":{"Privileged":"true"}}"#),
+        Some("SEGMENT-1101"),
+    ),
+    (
+        "POST",
+        "/v1.41/containers/create",
+        Some(r#"[{"HostConfig":{}}]"#),
+        Some("SEGMENT-1101"),
+    ),
+    (
+        "POST",
+        "/v1.41/containers/create",
+        Some(r#"{"Image":"busybox"} {"Privileged":true}"#),
+        Some("SEGMENT-1101"),
+    ),
+    (
+        "POST",
+        "/v1.41/containers/create",
+        Some("not json"),
+        Some("SEGMENT-1101"),
+    ),
+    (
+        "POST",
+        "/v1.41/containers/create",
+        None,
+        Some("SEGMENT-1100"),
+    ),
+    (
+        "POST",
+        "/v1.41/containers/create",
+        Some(""),
+        Some("SEGMENT-1100"),
+    ),
+    (
+        "POST",
+        "/v1.41/containers/create",
+        Some(r#"{"Image":"busybox","Labels":{"a":"1","A":"2"}}"#),
+        None,
+    ),
+    // Router tricks: dockerd routes on the decoded, cleaned path.
+    (
+        "POST",
+        "/v1.41/containers/%63reate",
+        Some(r#"{"HostConfig":{"Privileged":true}}"#),
+        Some("SEGMENT-1001"),
+    ),
+    (
+        "POST",
+        "http://docker/v1.41/containers/create",
+        Some(r#"{"HostConfig":{"Privileged":true}}"#),
+        Some("SEGMENT-1001"),
+    ),
+    (
+        "post",
+        "/v1.41//containers/create/",
+        Some(r#"{"HostConfig":{"Privileged":true}}"#),
+        Some("SEGMENT-1001"),
+    ),
+    // Before API 1.24 `start` applies a HostConfig sent in its body.
+    (
+        "POST",
+        "/v1.23/containers/web/start",
+        Some(r#"{"Privileged":true}"#),
+        Some("SEGMENT-1001"),
+    ),
+    (
+        "POST",
+        "/v1.23/containers/web/start",
+        Some(r#"{"Binds":["/:/host"]}"#),
+        Some("SEGMENT-1011"),
+    ),
+    (
+        "POST",
+        "/v1.23/containers/web/start",
+        None,
+        Some("SEGMENT-1100"),
+    ),
+    ("POST", "/v1.23/containers/web/start", Some("{}"), None),
+    ("POST", "/v1.41/containers/web/start", None, None),
+    ("POST", "/containers/web/start", None, None),
+    // Update cannot change privileges; device fields are refused anyway.
+    (
+        "POST",
+        "/v1.41/containers/web/update",
+        Some(
+            r#"{"Devices":[{"PathOnHost":"/dev/sda","PathInContainer":"/dev/sda","CgroupPermissions":"rwm"}]}"#,
+        ),
+        Some("SEGMENT-1005"),
+    ),
+    (
+        "POST",
+        "/v1.41/containers/web/update",
+        Some(r#"{"DeviceCgroupRules":["a *:* rwm"]}"#),
+        Some("SEGMENT-1005"),
+    ),
+    (
+        "POST",
+        "/v1.41/containers/web/update",
+        None,
+        Some("SEGMENT-1100"),
+    ),
+    (
+        "POST",
+        "/v1.41/containers/web/exec",
+        None,
+        Some("SEGMENT-1100"),
+    ),
+    (
+        "POST",
+        "/v1.41/containers/web/exec",
+        Some(r#"{"privileged":true,"Cmd":["sh"]}"#),
+        Some("SEGMENT-1001"),
+    ),
+    // Volumes of the local driver.
+    (
+        "POST",
+        "/v1.41/volumes/create",
+        Some(r#"{"Name":"v","DriverOpts":{"type":"none","o":"rbind,ro","device":"/"}}"#),
+        Some("SEGMENT-1011"),
+    ),
+    (
+        "POST",
+        "/v1.41/volumes/create",
+        Some(r#"{"Name":"v","DriverOpts":{"type":"tmpfs","o":"bind","device":"/etc"}}"#),
+        Some("SEGMENT-1011"),
+    ),
+    (
+        "POST",
+        "/v1.41/volumes/create",
+        Some(r#"{"Name":"v","DriverOpts":{"type":"none","o":"bind","device":"etc"}}"#),
+        Some("SEGMENT-1011"),
+    ),
+    (
+        "POST",
+        "/v1.41/volumes/create",
+        Some(
+            r#"{"Name":"v","DriverOpts":{"type":"nfs","o":"addr=198.51.100.7,rw","device":":/export"}}"#,
+        ),
+        Some("SEGMENT-1011"),
+    ),
+    (
+        "POST",
+        "/v1.41/volumes/create",
+        Some(r#"{"Name":"v"}"#),
+        None,
+    ),
+    ("POST", "/v1.41/volumes/create", None, Some("SEGMENT-1100")),
+    // Services: updates carry the whole spec.
+    (
+        "POST",
+        "/v1.41/services/web/update?version=7",
+        Some(
+            r#"{"TaskTemplate":{"ContainerSpec":{"Image":"busybox","CapabilityAdd":["CAP_SYS_ADMIN"]}}}"#,
+        ),
+        Some("SEGMENT-1002"),
+    ),
+    (
+        "POST",
+        "/v1.41/services/web/update?version=7",
+        Some(r#"{"TaskTemplate":{"ContainerSpec":{"Image":"busybox"}}}"#),
+        None,
+    ),
+    (
+        "POST",
+        "/v1.41/services/create",
+        Some(r#"{"TaskTemplate":{"Runtime":"plugin","PluginSpec":{"Name":"evil"}}}"#),
+        Some("SEGMENT-1012"),
+    ),
+    (
+        "POST",
+        "/v1.41/services/create",
+        Some(
+            r#"{"TaskTemplate":{"ContainerSpec":{"Image":"busybox","Privileges":{"SELinuxContext":{"Disable":true}}}}}"#,
+        ),
+        Some("SEGMENT-1004"),
+    ),
+    (
+        "POST",
+        "/v1.41/services/create",
+        Some(
+            r#"{"TaskTemplate":{"ContainerSpec":{"Image":"busybox","Privileges":{"Seccomp":{"Mode":"unconfined"}}}}}"#,
+        ),
+        Some("SEGMENT-1004"),
+    ),
+    (
+        "POST",
+        "/v1.41/services/create",
+        Some(
+            r#"{"TaskTemplate":{"ContainerSpec":{"Image":"busybox","Privileges":{"AppArmor":{"Mode":"disabled"}}}}}"#,
+        ),
+        Some("SEGMENT-1004"),
+    ),
+    (
+        "POST",
+        "/v1.41/services/create",
+        Some(
+            r#"{"TaskTemplate":{"ContainerSpec":{"Image":"busybox","Privileges":{"NoNewPrivileges":true}}}}"#,
+        ),
+        None,
+    ),
+    ("POST", "/v1.41/services/create", None, Some("SEGMENT-1100")),
+    // Plugins and builds.
+    (
+        "POST",
+        "/v1.41/plugins/vieux/sshfs:latest/upgrade?remote=vieux%2Fsshfs",
+        Some("[]"),
+        Some("SEGMENT-1012"),
+    ),
+    (
+        "POST",
+        "/v1.41/plugins/vieux/sshfs:latest/enable?timeout=0",
+        None,
+        None,
+    ),
+    (
+        "GET",
+        "/v1.41/plugins/privileges?remote=vieux%2Fsshfs",
+        None,
+        None,
+    ),
+    (
+        "POST",
+        "/v1.41/build?version=2&entitlements=security.insecure",
+        None,
+        Some("SEGMENT-1013"),
+    ),
+    (
+        "POST",
+        "/v1.41/build?version=2&x=security%2Einsecure",
+        None,
+        Some("SEGMENT-1013"),
+    ),
+    (
+        "POST",
+        "/v1.41/build?version=2&networkmode=host&session=abc",
+        None,
+        None,
+    ),
+    ("POST", "/session", None, None),
+    // Swarm membership and nodes.
+    (
+        "POST",
+        "/v1.41/swarm/update?version=1",
+        Some("{}"),
+        Some("SEGMENT-1024"),
+    ),
+    (
+        "POST",
+        "/v1.41/swarm/unlock",
+        Some("{}"),
+        Some("SEGMENT-1024"),
+    ),
+    (
+        "POST",
+        "/v1.41/nodes/n1/update?version=1",
+        Some("{}"),
+        Some("SEGMENT-1024"),
+    ),
+    (
+        "DELETE",
+        "/v1.41/nodes/n1?force=1",
+        None,
+        Some("SEGMENT-1024"),
+    ),
+    ("GET", "/v1.41/swarm", None, None),
+    (
+        "POST",
+        "/v1.41/secrets/create",
+        Some(r#"{"Name":"s","Data":"eA=="}"#),
+        None,
+    ),
+    // Closed endpoints and unknown routes.
+    ("POST", "/grpc", None, Some("SEGMENT-1025")),
+    ("POST", "/v1.41/grpc", None, Some("SEGMENT-1025")),
+    (
+        "GET",
+        "/debug/pprof/goroutine?debug=2",
+        None,
+        Some("SEGMENT-1025"),
+    ),
+    (
+        "GET",
+        "/v1.41/containers/web/checkpoints",
+        None,
+        Some("SEGMENT-1025"),
+    ),
+    (
+        "POST",
+        "/v1.41/containers/web/copy",
+        Some("{}"),
+        Some("SEGMENT-1025"),
+    ),
+    (
+        "POST",
+        "/v1.41/containers/web/frobnicate",
+        None,
+        Some("SEGMENT-1103"),
+    ),
+    ("PATCH", "/v1.41/containers/web", None, Some("SEGMENT-1103")),
+    ("GET", "/v1.99/containers/json", None, None),
+    ("POST", "/v1.41/volumes/v", Some("{}"), Some("SEGMENT-1103")),
+    ("OPTIONS", "/v1.41/containers/create", None, None),
+    (
+        "POST",
+        "/v1.41/build?networkmode=host&version=2&session=abc",
+        None,
+        None,
+    ),
+    // The rest of the API is untouched.
+    ("GET", "/v1.41/containers/json?all=1", None, None),
+    ("DELETE", "/v1.41/containers/web?force=1", None, None),
+    ("POST", "/v1.41/containers/web/kill?signal=KILL", None, None),
+    (
+        "POST",
+        "/v1.41/images/create?fromImage=busybox&tag=latest",
+        None,
+        None,
+    ),
+    ("HEAD", "/_ping", None, None),
+];
+
+#[test]
+fn raw_api_requests() {
+    for (method, uri, body, want) in RAW_CASES.iter().chain(containers::CASES) {
+        let got = evaluate(method, uri, body.map(str::as_bytes), &LexicalArea);
+        assert_eq!(got.code(), *want, "{method} {uri} {body:?} -> {got}");
+    }
+}
