@@ -31,6 +31,11 @@ pub mod state_lock;
 pub mod storage;
 pub mod xml;
 
+/// This build: the package version plus `+g<commit>` when built from a git
+/// checkout (build.rs). GetHost, the health reports, the metrics and
+/// `--version` show it.
+pub const VERSION: &str = env!("SEGMENT_AGENT_VERSION");
+
 /// The generated gRPC API (the `segment-proto` crate), at the path the
 /// agent's modules and clients name it by.
 pub use segment_proto as proto;

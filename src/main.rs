@@ -21,7 +21,7 @@ use std::{
 use tracing::info;
 
 #[derive(Parser)]
-#[command(version, about = "Host agent for LXC segments on libvirt")]
+#[command(version = segment_agent::VERSION, about = "Host agent for LXC segments on libvirt")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -141,8 +141,12 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
         tokio::task::spawn_blocking(move || agent::filtering(&c, filter.as_ref())).await?;
     let registry = agent::registry(&config, &host)?;
     let metrics = Arc::new(AgentMetrics::new());
-    let manager =
-        Arc::new(SegmentManager::new(backends, registry, settings).with_observer(metrics.clone()));
+    let peers = segment_agent::segment::peers::ClusterPeers::load(&config.state_dir);
+    let manager = Arc::new(
+        SegmentManager::new(backends, registry, settings)
+            .with_observer(metrics.clone())
+            .with_cluster_peers(peers),
+    );
     let watchdog = agent::watchdog_period().map(|every| tokio::spawn(agent::watchdog(every)));
     let _ = sd_notify::notify(
         false,

@@ -223,7 +223,7 @@ impl SampleCollector<'_> {
         )?
         .encode_info(&[
             ("host_id", self.host.host_id.as_str()),
-            ("agent_version", env!("CARGO_PKG_VERSION")),
+            ("agent_version", crate::VERSION),
             ("libvirt_version", libvirt_version),
         ])?;
         let mut m = e.encode_descriptor(

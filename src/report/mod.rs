@@ -95,7 +95,7 @@ impl Collector {
         Ok(pb::HealthReport {
             host_id: self.host.host_id.clone(),
             boot_id: self.boot_id.clone(),
-            agent_version: env!("CARGO_PKG_VERSION").into(),
+            agent_version: crate::VERSION.into(),
             sequence: self.sequence.fetch_add(1, Ordering::Relaxed) + 1,
             time: Some(crate::proto::timestamp(sample.taken_at)),
             agent_started_at: Some(crate::proto::timestamp(self.started_at)),

@@ -115,7 +115,7 @@ fn renders_every_figure_of_a_reading() {
         "segment_agent_sample_duration_seconds 0.012".into(),
         format!(
             "segment_agent_host_info{{host_id=\"h1\",agent_version=\"{}\",libvirt_version=\"9.0.0\"}} 1",
-            env!("CARGO_PKG_VERSION")
+            crate::VERSION
         ),
         r#"segment_agent_segments{state="RUNNING"} 1"#.into(),
         r#"segment_agent_segments{state="STOPPED"} 1"#.into(),
