@@ -428,6 +428,19 @@ fn the_swarm_ports_pass_only_between_swarm_peers() {
     expect(foreign, false);
     remote("");
     expect(&outside, false);
+    // A peer of A's cluster on another host (SetClusterPeers: an element
+    // of A's swarm peers; here the gateway's address, off the segment
+    // ports) reaches A's swarm ports; the foreign segment still does not.
+    let with_remote = [
+        peers(0, vec![b, Ipv4Addr::new(203, 0, 113, 1)]),
+        ports[1].clone(),
+        ports[2].clone(),
+    ];
+    lab.filter(|f| f.install(&with_remote)).unwrap();
+    expect(&outside, true);
+    expect(foreign, false);
+    lab.filter(|f| f.install(&ports)).unwrap();
+    expect(&outside, false);
     // Revoked with B's port, the pairs leave with it: B's address, reused
     // by another cluster's segment, reaches A's swarm ports no more.
     lab.filter(|f| f.revoke(&ports[1])).unwrap();

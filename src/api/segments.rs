@@ -213,6 +213,28 @@ impl SegmentAgent for SegmentAgentService {
         )))
     }
 
+    async fn set_cluster_peers(
+        &self,
+        request: Request<pb::SetClusterPeersRequest>,
+    ) -> Reply<pb::SetClusterPeersResponse> {
+        let req = request.into_inner();
+        let cluster =
+            crate::model::ClusterId::parse(&req.cluster_id).map_err(crate::segment::Error::from)?;
+        let what = Op {
+            operation: "set_cluster_peers",
+            segment_id: String::new(),
+            cluster_id: cluster.to_string(),
+        };
+        let (peers, segments) = detached(&self.manager, what, move |m| async move {
+            m.set_cluster_peers(cluster, &req.remote_addresses).await
+        })
+        .await?;
+        Ok(Response::new(pb::SetClusterPeersResponse {
+            remote_addresses: peers.iter().map(|p| p.to_string()).collect(),
+            segments,
+        }))
+    }
+
     async fn get_host(&self, _request: Request<pb::GetHostRequest>) -> Reply<pb::Host> {
         let libvirt_version = self.manager.hypervisor_facts().await?.libvirt;
         let (usage, capacity) = self.manager.usage();
@@ -226,7 +248,7 @@ impl SegmentAgent for SegmentAgentService {
             memory_allocated_mib: usage.memory_mib,
             address_pool_size: usage.pool_size,
             address_pool_free: usage.pool_free,
-            agent_version: env!("CARGO_PKG_VERSION").into(),
+            agent_version: crate::VERSION.into(),
             libvirt_version,
             default_image: self.manager.settings().default_image.to_string(),
             apparmor: self.manager.settings().confinement.describe(),

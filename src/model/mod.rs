@@ -2,6 +2,7 @@
 //! the scheduler asks for. Everything here is checked once, at the edge, so the
 //! rest of the agent only ever sees valid values.
 
+pub mod peers;
 pub mod swarm;
 
 use std::{collections::BTreeMap, fmt, net::Ipv4Addr, time::SystemTime};

@@ -188,13 +188,17 @@ fn parse_manager(s: &str) -> Option<SocketAddrV4> {
         Ok(a) => a,
         Err(_) => SocketAddrV4::new(s.parse::<Ipv4Addr>().ok()?, SWARM_PORT),
     };
-    let ip = addr.ip();
-    let unicast = !(ip.is_unspecified()
+    (is_unicast(*addr.ip()) && addr.port() != 0).then_some(addr)
+}
+
+/// An address a host may be: not unspecified, broadcast, multicast,
+/// loopback or in 0.0.0.0/8.
+pub fn is_unicast(ip: Ipv4Addr) -> bool {
+    !(ip.is_unspecified()
         || ip.is_broadcast()
         || ip.is_multicast()
         || ip.is_loopback()
-        || ip.octets()[0] == 0);
-    (unicast && addr.port() != 0).then_some(addr)
+        || ip.octets()[0] == 0)
 }
 
 /// What a segment became in its swarm.

@@ -63,6 +63,16 @@ impl FakeFilter {
             .collect()
     }
 
+    /// The swarm peers of the allowed port `name` (None: not allowed).
+    pub fn swarm_peers(&self, name: &str) -> Option<Vec<std::net::Ipv4Addr>> {
+        let state = self.state.lock().unwrap();
+        state
+            .allowed
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| p.swarm_peers.clone())
+    }
+
     /// Every call so far: `probe`, `install sg-..,sg-..`, `allow sg-..`,
     /// `revoke sg-..`.
     pub fn calls(&self) -> Vec<String> {
@@ -92,7 +102,8 @@ impl PortFilter for FakeFilter {
             return Err(Self::refused("install"));
         }
         state.table_missing = false;
-        state.allowed.extend(ports.iter().cloned());
+        // Like the real table: exactly these ports afterwards.
+        state.allowed = ports.iter().cloned().collect();
         Ok(())
     }
 

@@ -15,6 +15,7 @@ pub mod events;
 pub mod heal;
 pub mod locks;
 pub mod membership;
+pub mod peers;
 pub mod ports;
 pub mod power;
 pub mod rebuild;
@@ -241,6 +242,7 @@ pub struct SegmentManager {
     healer: heal::Healer,
     swarm: Arc<dyn crate::docker::swarm::SwarmApi>,
     view: view::View,
+    cluster_peers: Arc<peers::ClusterPeers>,
 }
 
 impl SegmentManager {
@@ -262,7 +264,15 @@ impl SegmentManager {
             healer: heal::Healer::default(),
             swarm: Arc::new(crate::docker::swarm::DockerSwarm),
             view: view::View::default(),
+            cluster_peers: Arc::default(),
         }
+    }
+
+    /// Keeps the clusters' remote peers in `peers` (the agent's are in its
+    /// state dir; without this they live in memory only).
+    pub fn with_cluster_peers(mut self, peers: peers::ClusterPeers) -> Self {
+        self.cluster_peers = Arc::new(peers);
+        self
     }
 
     /// Does swarm membership through `api` instead of Docker's real API

@@ -5,29 +5,36 @@
 //! repairs a ruleset flushed behind the agent's back. With
 //! `network.filter = "off"` none of this runs.
 
-use super::{Error, SegmentManager};
+use super::{Error, SegmentManager, peers::ClusterPeers};
 use crate::model::SegmentRecord;
 use crate::network::filter::{FilterError, Filtering, PortFilter, SegmentPort};
 use std::net::Ipv4Addr;
 use tracing::warn;
 
 /// The port of a segment, with its flavor's bandwidth and its swarm peers
-/// among `all` (the registry's records).
-fn port_of(record: &SegmentRecord, all: &[SegmentRecord]) -> SegmentPort {
+/// among `all` (the registry's records) and its cluster's `remote` peers.
+fn port_of(record: &SegmentRecord, all: &[SegmentRecord], remote: &ClusterPeers) -> SegmentPort {
     let port = SegmentPort::with_rate(record.address, record.request.flavor.network_kib_per_s());
-    port.with_swarm_peers(swarm_peers(record, all))
+    port.with_swarm_peers(swarm_peers(record, all, remote))
 }
 
-/// The segments of its cluster on this host, and the swarm managers its
-/// record names (on other hosts).
-fn swarm_peers(record: &SegmentRecord, all: &[SegmentRecord]) -> Vec<Ipv4Addr> {
+/// The segments of its cluster on this host, the swarm managers its record
+/// names, and its cluster's peers on other hosts (SetClusterPeers).
+fn swarm_peers(
+    record: &SegmentRecord,
+    all: &[SegmentRecord],
+    remote: &ClusterPeers,
+) -> Vec<Ipv4Addr> {
     let local = all
         .iter()
         .filter(|r| r.request.cluster == record.request.cluster)
         .map(|r| r.address);
     let asked = record.request.swarm.iter().flat_map(|s| s.managers.iter());
     let known = record.swarm.iter().flat_map(|n| n.managers.iter());
-    local.chain(asked.chain(known).map(|m| *m.ip())).collect()
+    local
+        .chain(asked.chain(known).map(|m| *m.ip()))
+        .chain(remote.of(&record.request.cluster))
+        .collect()
 }
 
 impl SegmentManager {
@@ -41,7 +48,7 @@ impl SegmentManager {
         if self.settings.filtering.port(record.address).is_none() {
             return Ok(());
         }
-        let port = port_of(record, &self.records());
+        let port = port_of(record, &self.records(), &self.cluster_peers);
         let name = port.name.clone();
         // The table is installed at agent start; if it was flushed since,
         // this puts it back rather than fail the segment.
@@ -63,7 +70,7 @@ impl SegmentManager {
         if self.settings.filtering != Filtering::Enforced {
             return;
         }
-        let port = port_of(record, &self.records());
+        let port = port_of(record, &self.records(), &self.cluster_peers);
         let name = port.name.clone();
         if let Err(e) = self.filter_blocking(move |f| f.revoke(&port)).await {
             let error = crate::errors::error_chain(&e);
@@ -78,7 +85,10 @@ impl SegmentManager {
             return Ok(());
         }
         let all = self.records();
-        let ports: Vec<SegmentPort> = all.iter().map(|r| port_of(r, &all)).collect();
+        let ports: Vec<SegmentPort> = all
+            .iter()
+            .map(|r| port_of(r, &all, &self.cluster_peers))
+            .collect();
         self.filter_blocking(move |f| f.install(&ports)).await
     }
 

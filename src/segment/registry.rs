@@ -98,6 +98,11 @@ impl Registry {
         self.inner.lock().expect("segment registry lock")
     }
 
+    /// Whether `ip` is in the address pool.
+    pub fn pool_contains(&self, ip: std::net::Ipv4Addr) -> bool {
+        self.lock().pool.contains(ip)
+    }
+
     /// The admission limits.
     pub fn capacity(&self) -> Capacity {
         self.capacity

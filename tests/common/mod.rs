@@ -286,7 +286,10 @@ impl FakeAgent {
         let metrics = Arc::new(AgentMetrics::new());
         let mut manager =
             SegmentManager::new(backends, agent::registry(&config, &host).unwrap(), settings)
-                .with_observer(metrics.clone());
+                .with_observer(metrics.clone())
+                .with_cluster_peers(segment_agent::segment::peers::ClusterPeers::load(
+                    &config.state_dir,
+                ));
         if let Some(swarm) = swarm {
             manager = manager.with_swarm(Arc::new(swarm));
         }
