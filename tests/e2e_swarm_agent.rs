@@ -4,11 +4,13 @@
 //! an agent restart in the API, a lost membership is repaired by a
 //! rebuild, a deleted segment leaves the swarm with the others healthy, and
 //! a segment of another cluster cannot reach the swarm's ports (2377/tcp,
-//! 7946/tcp+udp, 4789/udp) while one of the same cluster can.
+//! 7946/tcp+udp, 4789/udp) while one of the same cluster can, nor can a
+//! host off the bridge until SetClusterPeers names it for the cluster.
 //!
 //! One agent, four Docker segments (three of cluster c1, one of c2),
 //! reused across the assertions: Docker segments are slow on this machine.
-//! Addresses: 203.0.113.163-203.0.113.166.
+//! Addresses: 203.0.113.163-203.0.113.166; 203.0.113.250 is the "other
+//! host", a namespace of its own on the sandbox's bridge.
 
 mod common;
 
@@ -19,7 +21,7 @@ use common::real::{RealAgent, init_pid};
 use segment_agent::proto::agent::segment_agent_client::SegmentAgentClient;
 use segment_agent::proto::agent::{
     CreateSegmentRequest, DeleteSegmentRequest, GetSegmentRequest, RebuildSegmentRequest, Segment,
-    SegmentState, SwarmMode, SwarmRole, SwarmSpec,
+    SegmentState, SetClusterPeersRequest, SwarmMode, SwarmRole, SwarmSpec,
 };
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
@@ -157,6 +159,7 @@ async fn three_creates_make_a_swarm_that_rebuilds_deletes_and_the_filter_keep_he
     }
     overlay_joins_two_segments(&clis[0], &clis[1]);
     another_cluster_cannot_reach_the_swarm_ports(&mut c, &agent, &a, &b, &clis[1]).await;
+    a_remote_peer_reaches_the_swarm_ports_once_set(&mut c, &a).await;
     a_worker_joins_on_the_other_clusters_old_address(&mut c, &agent, &ca, &a, &b, &clis[0]).await;
     a_rebuild_repairs_a_lost_membership(&mut c, &agent, &ca, &s3, &clis[0]).await;
 
@@ -408,4 +411,102 @@ async fn a_rebuild_repairs_a_lost_membership(
     eventually("three nodes ready after the repair", || {
         all_ready(manager, 3)
     });
+}
+
+/// A namespace on the sandbox's bridge through a port that is not a
+/// segment's: another host of the service, at 203.0.113.250. Removed on drop.
+struct RemoteHost;
+
+const REMOTE_NS: &str = "swa-remote";
+const REMOTE_IP: &str = "203.0.113.250";
+
+impl RemoteHost {
+    fn up() -> Self {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", REMOTE_NS])
+            .status();
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new(args[0])
+                .args(&args[1..])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{args:?}: {out:?}");
+        };
+        run(&["ip", "netns", "add", REMOTE_NS]);
+        let guard = RemoteHost;
+        let sandbox = format!("--net={}", common::real::NETNS);
+        let remote = format!("/run/netns/{REMOTE_NS}");
+        run(&[
+            "nsenter", &sandbox, "ip", "link", "add", "swa-rem0", "type", "veth", "peer", "name",
+            "swa-rem1", "netns", &remote,
+        ]);
+        run(&[
+            "nsenter", &sandbox, "ip", "link", "set", "swa-rem0", "master", "segbr0", "up",
+        ]);
+        let cidr = format!("{REMOTE_IP}/24");
+        run(&[
+            "ip", "-n", REMOTE_NS, "addr", "add", &cidr, "dev", "swa-rem1",
+        ]);
+        run(&["ip", "-n", REMOTE_NS, "link", "set", "swa-rem1", "up"]);
+        guard
+    }
+
+    /// Whether a TCP connection from here to `ip:port` is accepted in 3 s.
+    fn connects(&self, ip: &str, port: u16) -> bool {
+        let script = format!("exec 3<>/dev/tcp/{ip}/{port}");
+        std::process::Command::new("ip")
+            .args([
+                "netns", "exec", REMOTE_NS, "timeout", "3", "bash", "-c", &script,
+            ])
+            .status()
+            .unwrap()
+            .success()
+    }
+}
+
+impl Drop for RemoteHost {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", REMOTE_NS])
+            .status();
+    }
+}
+
+/// A host off the bridge reaches the swarm's manager port of A only while
+/// SetClusterPeers lists it for A's cluster: not before, not when it is
+/// another cluster's peer, not once cleared.
+async fn a_remote_peer_reaches_the_swarm_ports_once_set(c: &mut Client, a: &Segment) {
+    let remote = RemoteHost::up();
+    let ip = a.public_ipv4.as_str();
+    let peers = |cluster: &str, list: &[&str]| SetClusterPeersRequest {
+        cluster_id: cluster.into(),
+        remote_addresses: list.iter().map(|s| s.to_string()).collect(),
+    };
+    // The path works: a port the filter leaves open (Docker's TLS front).
+    assert!(remote.connects(ip, 2376), "the other host reaches A's 2376");
+    assert!(
+        !remote.connects(ip, 2377),
+        "2377 from a host that is no peer"
+    );
+    let r = c
+        .set_cluster_peers(peers("c1", &[REMOTE_IP]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.remote_addresses, [REMOTE_IP]);
+    assert!(r.segments >= 2, "A and B at least: {r:?}");
+    assert!(remote.connects(ip, 2377), "2377 from a peer of A's cluster");
+    assert!(remote.connects(ip, 7946), "7946 from a peer of A's cluster");
+    let own = c.set_cluster_peers(peers("c1", &[ip])).await.unwrap_err();
+    assert_eq!(own.code(), tonic::Code::InvalidArgument, "{own:?}");
+    c.set_cluster_peers(peers("c1", &[])).await.unwrap();
+    c.set_cluster_peers(peers("c2", &[REMOTE_IP]))
+        .await
+        .unwrap();
+    assert!(
+        !remote.connects(ip, 2377),
+        "2377 from another cluster's peer"
+    );
+    c.set_cluster_peers(peers("c2", &[])).await.unwrap();
+    assert!(!remote.connects(ip, 2377), "2377 once cleared");
 }
