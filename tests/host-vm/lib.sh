@@ -81,14 +81,16 @@ make_ca() {
     ) >/dev/null 2>&1
 }
 
-# create_docker ID [MEMORY_MIB]: a Docker segment; prints the segment (JSON).
+# create_docker ID [MEMORY_MIB [SWARM]]: a Docker segment (SWARM: the
+# request's swarm part, JSON); prints the segment (JSON).
 create_docker() {
     make_ca
     local req seg
-    req=$(jq -n --arg id "$1" --argjson mem "${2:-0}" --rawfile ca "$STATE/ca/ca.pem" \
-        --rawfile key "$STATE/ca/ca-key.pem" \
+    req=$(jq -n --arg id "$1" --argjson mem "${2:-0}" --argjson swarm "${3:-null}" \
+        --rawfile ca "$STATE/ca/ca.pem" --rawfile key "$STATE/ca/ca-key.pem" \
         '{segment_id: $id, cluster_id: "vm", image: "docker", flavor: {memory_mib: $mem},
-          tls: {ca_cert_pem: $ca, ca_key_pem: $key}}')
+          tls: {ca_cert_pem: $ca, ca_key_pem: $key}}
+         + (if $swarm == null then {} else {swarm: $swarm} end)')
     seg=$(rpc CreateSegment "$req")
     expect_eq "$(jq -r .state <<<"$seg")" SEGMENT_STATE_RUNNING "state of new Docker segment $1"
     printf '%s\n' "$seg"
@@ -110,7 +112,7 @@ import_busybox() {
     if [ ! -d "$root" ]; then
         mkdir -p "$root"/{bin,tmp,proc,sys,dev,etc}
         cp /bin/busybox "$root/bin/"
-        for a in sh ls cat echo sleep dd mount mkdir true false id grep head; do ln -sf busybox "$root/bin/$a"; done
+        for a in sh ls cat echo sleep dd mount mkdir true false id grep head httpd; do ln -sf busybox "$root/bin/$a"; done
     fi
     tar -C "$root" -c . | dk "$1" import - busybox:vm >/dev/null
 }
@@ -146,6 +148,11 @@ segment_pids() {
     ctl=$(virsh -q -c lxc:/// domid "seg-$1")
     find "$(segment_cgroup "$1")" -name cgroup.procs -exec cat {} + | grep -vx "$ctl" | sort -n
 }
+
+# io_weight_file CGROUP: where the segments' disk scheduler reads CGROUP's
+# weight: BFQ's file (the segments' disk runs BFQ in this VM; libvirt writes
+# it when it exists), else the io controller's.
+io_weight_file() { if [ -e "$1/io.bfq.weight" ]; then echo "$1/io.bfq.weight"; else echo "$1/io.weight"; fi; }
 
 label_of() { tr -d '\0' <"/proc/$1/attr/current"; }
 

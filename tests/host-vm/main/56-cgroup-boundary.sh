@@ -12,7 +12,7 @@ cg=$(segment_cgroup dk-1)
 init=$(init_pid dk-1)
 supervisor=$(awk '{print $1}' "/proc/$init/task/$init/children")
 [ -n "$supervisor" ] || fail "no supervisor under the init of dk-1"
-limits="memory.max memory.high memory.low memory.min memory.swap.max cpu.max cpu.weight pids.max io.weight io.max cgroup.subtree_control"
+limits="memory.max memory.high memory.low memory.min memory.swap.max cpu.max cpu.weight pids.max io.weight io.bfq.weight io.max cgroup.subtree_control"
 
 # Host root owns the segment's cgroup and its limits; the segment's root
 # keeps only what moves processes (runc moves between management and docker).
@@ -49,11 +49,12 @@ limit_values() { for f in $limits; do if [ -e "$cg/$f" ]; then echo "$f: $(cat "
 values=$(limit_values)
 for ns in supervisor init; do
     pid=${!ns}
-    for f in memory.max memory.high memory.swap.max memory.min cpu.max cpu.weight io.weight io.max pids.max; do
+    for f in memory.max memory.high memory.swap.max memory.min cpu.max cpu.weight io.weight io.bfq.weight io.max pids.max; do
         value=max
         case $f in
             cpu.weight) value=10000 ;;
             io.weight) value="default 10000" ;;
+            io.bfq.weight) value="default 1000" ;;
             memory.min) value=4294967296 ;;
             cpu.max) value="max 100000" ;;
             io.max) value="$(stat -c %Hr:%Lr /dev/vda) wbps=1" ;;
@@ -86,8 +87,8 @@ expect_eq "$(cat "$cg/memory.max") $(cat "$cg/cpu.max") $(cat "$cg/cpu.weight") 
 expect_eq "$(cat "$cg/pids.max") $(cat "$cg/memory.swap.max") $(cat "$cg/memory.high")" "4096 0 max" \
     "the segment's pids.max, memory.swap.max and memory.high after the attempts"
 expect_eq "$(limit_values)" "$values" "every limit file of the segment after the attempts"
-expect_match "$(cat "$(dirname "$cg")/io.weight")" "^default $(sed -n 's/^io_weight = //p' "$CONFIG")\$" \
-    "the io.weight of the segment's scope (libvirt's, outside the segment's view) after the attempts"
+expect_match "$(cat "$(io_weight_file "$(dirname "$cg")")")" "^default $(sed -n 's/^io_weight = //p' "$CONFIG")\$" \
+    "the I/O weight of the segment's scope (libvirt's, outside the segment's view) after the attempts"
 [ ! -e "$cg/escape" ] || fail "a cgroup escape/ was made"
 
 # The red-team suite's other attacks of segment root (tests/e2e_tenant/

@@ -3,8 +3,8 @@
 # memory.swap.max 0) and the port's nftables limits its network_mbit; a
 # bounded fork loop stops at pids.max while a neighbour still forks; with
 # swap on, an allocation past the memory cap is OOM-killed, never swapped.
-# Disk quotas are off in this VM (Debian 12's 6.1 kernel has btrfs but not
-# its simple quotas): the agent says so in `check`, its log and GetSegment.
+# A fill stops at the disk quota (btrfs simple quotas on the segments' own
+# disk) while the neighbour and the host keep writing.
 # That the segment's root cannot raise these files: 56-cgroup-boundary.
 
 read_cg() { cat "$1/$2"; }
@@ -13,11 +13,11 @@ io_weight=$(sed -n 's/^io_weight = //p' "$CONFIG")
 [ -n "$io_weight" ] && [ "$io_weight" != 100 ] ||
     fail "the VM's io_weight is '${io_weight}': the kernel's default, a read-back could not fail"
 
-flavor='{"memory_mib":256,"vcpus":1,"disk_gib":3,"pids":128,"network_mbit":40}'
+flavor='{"memory_mib":256,"vcpus":1,"disk_gib":1,"pids":128,"network_mbit":40}'
 seg=$(rpc CreateSegment "{\"segment_id\":\"cap-a\",\"cluster_id\":\"vm\",\"image\":\"dev\",\"flavor\":$flavor}")
 expect_eq "$(jq -r .state <<<"$seg")" SEGMENT_STATE_RUNNING "state of cap-a"
 expect_eq "$(jq -c '.flavor | [.memoryMib, .vcpus, .diskGib, .pids, .networkMbit]' <<<"$seg")" \
-    "[256,1,3,128,40]" "GetSegment's flavor of cap-a"
+    "[256,1,1,128,40]" "GetSegment's flavor of cap-a"
 create_dev cap-b >/dev/null
 
 # ---- the cgroup files ----
@@ -32,8 +32,10 @@ expect_eq "$(read_cg "$a" memory.swap.max)" 0 "cap-a memory.swap.max"
 # libvirt writes the weight on the domain's scope, the parent of the
 # segment's cgroup: the scopes of the segments are siblings, which share
 # the disk by weight.
-expect_match "$(read_cg "$(dirname "$a")" io.weight)" "^default $io_weight\$" \
-    "cap-a's io.weight (on its scope) is the host's io_weight $io_weight"
+weight_file=$(io_weight_file "$(dirname "$a")")
+expect_eq "${weight_file##*/}" io.bfq.weight "the weight's file (the segments' disk runs BFQ)"
+expect_match "$(cat "$weight_file")" "^default $io_weight\$" \
+    "cap-a's ${weight_file##*/} (on its scope) is the host's io_weight $io_weight"
 expect_match "$(virsh -q -c lxc:/// dumpxml seg-cap-a)" "<weight>$io_weight</weight>" "cap-a's <blkiotune>"
 # Every process of the segment is below these files (init in management/).
 init=$(init_pid cap-a)
@@ -118,12 +120,32 @@ kill $(sleepers_in "$a" 100077) $b_sleepers
 # (The segment's init, a shell, reaps them at its own pace: minutes under
 # TCG; the segments are deleted below.)
 
-# ---- disk: off in this VM, and said so ----
-check=$(segment-agent check --config "$CONFIG")
-expect_match "$check" "^ok +disk quota +off: segments' disks are not limited" "segment-agent check reports disk quotas off"
-expect_match "$(journalctl -u segment-agent -b --no-pager)" 'disk_quota = \\?"off\\?": segments'"'"' disks are not limited' \
-    "the agent's log says disk quotas are off"
-expect_eq "$(rpc GetSegment '{"segment_id":"cap-a"}' | jq -c .disk)" null "GetSegment of cap-a has no disk quota"
+# ---- disk: the quota on the segments' btrfs (/dev/vdb, simple quotas) ----
+expect_match "$(segment-agent check --config "$CONFIG")" "^ok +disk quota +enforce: " \
+    "segment-agent check reports disk quotas enforced"
+expect_eq "$(findmnt -n -o FSTYPE /var/lib/segment-agent/segments)" btrfs "the segments' filesystem"
+limit=$(rpc GetSegment '{"segment_id":"cap-a"}' | jq -r .disk.limitBytes)
+expect_eq "$limit" $((1024 * 1024 * 1024)) "GetSegment's disk limit of cap-a (1 GiB)"
+# Bounded: 1200 MiB into a 1 GiB segment on a 16 GiB disk.
+expect_fails "cap-a: write 1200 MiB into a 1 GiB segment" \
+    in_segment cap-a dd if=/dev/zero of=/fill bs=1M count=1200
+expect_match "$OUT" "Disk quota exceeded" "the kernel's refusal inside cap-a"
+used=$(rpc GetSegment '{"segment_id":"cap-a"}' | jq -r .disk.usedBytes)
+say "cap-a: $used bytes used of $limit"
+((used > limit * 9 / 10 && used <= limit + 64 * 1024 * 1024)) ||
+    fail "cap-a's disk use $used is not at its 1 GiB limit"
+# Meanwhile the neighbour and the host still write.
+in_segment cap-b dd if=/dev/zero of=/fill bs=1M count=100 status=none ||
+    fail "cap-b could not write 100 MiB while cap-a was full"
+dd if=/dev/zero of=/var/lib/segment-agent/segments/host-vm-fill bs=1M count=100 status=none ||
+    fail "the host could not write 100 MiB to the segments' disk while cap-a was full"
+rm -f /var/lib/segment-agent/segments/host-vm-fill
+say "ok: cap-b and the host wrote 100 MiB each beside the full cap-a"
+# What the segment deletes it may write again (use, not a high-water mark).
+in_segment cap-a rm -f /fill
+in_segment cap-a dd if=/dev/zero of=/fill bs=1M count=500 status=none ||
+    fail "cap-a could not write 500 MiB after deleting its fill"
+say "ok: cap-a wrote 500 MiB again after deleting its fill"
 
 rpc DeleteSegment '{"segment_id":"cap-a"}' >/dev/null
 rpc DeleteSegment '{"segment_id":"cap-b"}' >/dev/null

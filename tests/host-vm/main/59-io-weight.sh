@@ -1,0 +1,71 @@
+# Issue 10's disk I/O weight, measured: the segments' disk (/dev/vdb, qemu
+# throttled to a finite rate like any real disk) runs BFQ, and libvirt puts
+# each segment's <blkiotune> weight (the agent's isolation.io_weight) in its
+# scope's io.bfq.weight. Two segments write with O_DIRECT at once, for a
+# fixed time; their shares of what reached the disk are the figures:
+#   1. equal weights, 4 writers in io-a against 1 in io-b: BFQ shares the
+#      disk by segment, not by writer (io-b near half);
+#   2. the same under mq-deadline (no cgroup weights): by writer (printed
+#      for contrast);
+#   3. io-b's weight tripled (libvirt's blkiotune, live), 1 writer each:
+#      io-b near three quarters.
+
+SECS=15
+seg_a=$(create_dev io-a 256)
+seg_b=$(create_dev io-b 256)
+cleanup() {
+    echo bfq >/sys/block/vdb/queue/scheduler 2>/dev/null || true
+    rpc DeleteSegment '{"segment_id":"io-a"}' >/dev/null 2>&1 || true
+    rpc DeleteSegment '{"segment_id":"io-b"}' >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+expect_match "$(cat /sys/block/vdb/queue/scheduler)" '\[bfq\]' "the segments' disk runs BFQ"
+weight=$(sed -n 's/^io_weight = //p' "$CONFIG")
+for id in io-a io-b; do
+    expect_match "$(cat "$(io_weight_file "$(dirname "$(segment_cgroup "$id")")")")" "^default $weight\$" \
+        "$id's BFQ weight is the agent's io_weight"
+done
+
+# writers ID N: N O_DIRECT writers in segment ID for $SECS s; prints the bytes they wrote.
+writers() {
+    in_segment "$1" sh -c 'n=$1 s=$2 pids= i=0
+        while [ $i -lt $n ]; do
+            dd if=/dev/zero of=/io-$i bs=256k count=100000 oflag=direct 2>/dev/null &
+            pids="$pids $!" i=$((i + 1))
+        done
+        sleep "$s"; kill $pids; wait
+        ls -ln /io-* | awk "{ s += \$5 } END { print s }"
+        rm -f /io-*' _ "$2" "$SECS"
+}
+# share NA NB: io-b's share of what both wrote at once, in percent.
+share() {
+    local a b
+    writers io-a "$1" >"$STATE/io-a.out" &
+    local pa=$!
+    writers io-b "$2" >"$STATE/io-b.out"
+    wait "$pa"
+    a=$(cat "$STATE/io-a.out") b=$(cat "$STATE/io-b.out")
+    ((a > 0 && b > 0)) || fail "a writer wrote nothing: io-a $a, io-b $b bytes"
+    say "  io-a ($1 writers): $((a / SECS / 1048576)) MiB/s, io-b ($2): $((b / SECS / 1048576)) MiB/s"
+    echo $((100 * b / (a + b)))
+}
+
+say "1. BFQ, equal weights ($weight), 4 writers against 1:"
+fair=$(share 4 1)
+say "   io-b's share: $fair %"
+echo mq-deadline >/sys/block/vdb/queue/scheduler
+say "2. mq-deadline (no weights), 4 writers against 1:"
+plain=$(share 4 1)
+say "   io-b's share: $plain %"
+echo bfq >/sys/block/vdb/queue/scheduler
+virsh -q -c lxc:/// blkiotune seg-io-b --weight $((3 * weight)) --live >/dev/null
+expect_match "$(cat "$(io_weight_file "$(dirname "$(segment_cgroup io-b)")")")" "^default $((3 * weight))\$" \
+    "io-b's BFQ weight tripled"
+say "3. BFQ, io-b's weight tripled, 1 writer each:"
+weighted=$(share 1 1)
+say "   io-b's share: $weighted % (weights $weight : $((3 * weight)), 75 % by weight)"
+
+((fair >= 35)) || fail "under BFQ a segment with 1 writer got $fair % against 4 writers of an equal weight (mq-deadline: $plain %)"
+say "ok: BFQ shares the disk by segment: $fair % for 1 writer against 4 (mq-deadline: $plain %)"
+((weighted >= 60 && weighted <= 90)) || fail "with 3x the weight io-b got $weighted % (expected 60-90)"
+say "ok: io-b's share follows its weight: $weighted %"
