@@ -2,8 +2,12 @@
 //! `grpc.health.v1`, on a unix socket (mode 0600) and, when configured, TCP
 //! with mutual TLS (plaintext only on loopback).
 
+pub mod calls;
+pub mod connections;
+
 use super::SegmentAgentService;
 use crate::{config::ListenConfig, metrics::rpc::RpcMetricsLayer, proto};
+use connections::{ConnLimits, Limited};
 use std::{
     future::Future,
     os::unix::fs::PermissionsExt,
@@ -123,6 +127,7 @@ fn io(what: &'static str, path: impl Into<String>) -> impl FnOnce(std::io::Error
 pub struct Listeners {
     unix: Option<(UnixListener, OwnedSocket)>,
     tcp: Option<(TcpListener, Option<ServerTlsConfig>)>,
+    limits: ConnLimits,
 }
 
 impl Listeners {
@@ -143,7 +148,11 @@ impl Listeners {
                 Some((listener, tls_config(config)?))
             }
         };
-        Ok(Self { unix, tcp })
+        let limits = ConnLimits {
+            idle_timeout: config.idle_timeout(),
+            max_connections: config.max_connections as usize,
+        };
+        Ok(Self { unix, tcp, limits })
     }
 
     /// The TCP address actually bound (for tests that ask for port 0).
@@ -205,6 +214,7 @@ pub async fn serve(
     let mut tasks = tokio::task::JoinSet::new();
     let make_router = |tls: Option<ServerTlsConfig>| -> Result<_, ListenError> {
         let mut builder = limits(Server::builder())
+            .layer(calls::CallTrackingLayer)
             .layer(rpc_metrics.clone())
             .layer(super::codes::RefusalCodesLayer);
         if let Some(tls) = tls {
@@ -216,12 +226,20 @@ pub async fn serve(
             .add_service(reflection_alpha.clone())
             .add_service(agent.clone()))
     };
+    let limits = listeners.limits;
+    let metrics = rpc_metrics.metrics().clone();
     if let Some((listener, path)) = listeners.unix {
         let router = make_router(None)?;
         let mut stop = stop_tx.subscribe();
+        let incoming = Limited::new(
+            UnixListenerStream::new(listener),
+            "unix",
+            limits,
+            metrics.listener("unix"),
+        );
         tasks.spawn(async move {
             let r = router
-                .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
+                .serve_with_incoming_shutdown(incoming, async move {
                     let _ = stop.recv().await;
                 })
                 .await;
@@ -232,9 +250,15 @@ pub async fn serve(
     if let Some((listener, tls)) = listeners.tcp {
         let router = make_router(tls)?;
         let mut stop = stop_tx.subscribe();
+        let incoming = Limited::new(
+            TcpListenerStream::new(listener),
+            "tcp",
+            limits,
+            metrics.listener("tcp"),
+        );
         tasks.spawn(async move {
             router
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                .serve_with_incoming_shutdown(incoming, async move {
                     let _ = stop.recv().await;
                 })
                 .await
