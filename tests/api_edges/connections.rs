@@ -1,13 +1,13 @@
 //! The server's connection limits: closed after the idle timeout unless a
 //! call is open, at most `max_connections` per listener.
 
-use crate::common::FakeAgent;
+use crate::common::{FakeAgent, small_req};
 use hyper_util::rt::TokioIo;
 use segment_agent::proto::agent::{
     GetHostRequest, SegmentEventType, WatchEventsRequest, segment_agent_client::SegmentAgentClient,
 };
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
@@ -35,7 +35,7 @@ async fn counting_client(socket: &Path) -> (SegmentAgentClient<Channel>, Arc<Ato
 
 /// A raw connection, if the server keeps it: it sends its HTTP/2 SETTINGS
 /// first; a refused one is closed before that.
-async fn raw_connection(socket: &PathBuf) -> Option<UnixStream> {
+async fn raw_connection(socket: &Path) -> Option<UnixStream> {
     let mut s = UnixStream::connect(socket).await.unwrap();
     let mut buf = [0; 256];
     let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf))
@@ -57,6 +57,28 @@ fn value(text: &str, series: &str) -> Option<f64> {
     line.rsplit(' ').next()?.parse().ok()
 }
 
+/// Connections of `listener` the server closed as idle.
+fn idle_closes(a: &FakeAgent, listener: &str) -> f64 {
+    let series = format!(
+        "segment_agent_api_connections_closed_total{{listener=\"{listener}\",reason=\"idle\"}}"
+    );
+    value(&exposition(a), &series).unwrap_or(0.0)
+}
+
+/// Waits (10 s at most) until the server has closed `n` idle connections
+/// of `listener`: watching the counter touches no connection.
+async fn until_idle_closes(a: &FakeAgent, listener: &str, n: f64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while idle_closes(a, listener) < n {
+        assert!(
+            Instant::now() < deadline,
+            "{} idle connections closed, not {n}",
+            idle_closes(a, listener)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_connection_without_an_open_call_is_closed_after_the_idle_timeout() {
     let a = FakeAgent::start("[listen]\nidle_timeout_seconds = 1\n").await;
@@ -75,9 +97,10 @@ async fn a_connection_without_an_open_call_is_closed_after_the_idle_timeout() {
     assert_eq!(n, 0, "end of file");
     let took = started.elapsed();
     assert!(took >= Duration::from_millis(900), "not before: {took:?}");
-    // The client's connection, idle since its call, is gone too: the next
-    // call opens another (and succeeds).
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The client's connection, idle since its call, is gone too (as is
+    // the agent's own client's, which made none): the next call opens
+    // another, and succeeds.
+    until_idle_closes(&a, "unix", 3.0).await;
     assert_eq!(connects.load(Ordering::SeqCst), 1);
     client.get_host(GetHostRequest {}).await.unwrap();
     assert_eq!(
@@ -85,14 +108,11 @@ async fn a_connection_without_an_open_call_is_closed_after_the_idle_timeout() {
         2,
         "the idle connection was closed by the server"
     );
-    let closed = r#"segment_agent_api_connections_closed_total{listener="unix",reason="idle"}"#;
-    let text = exposition(&a);
-    assert!(value(&text, closed).unwrap() >= 2.0, "{text}");
 }
 
 #[tokio::test]
 async fn an_open_watch_keeps_its_connection_past_the_idle_timeout() {
-    let mut a = FakeAgent::start("[listen]\nidle_timeout_seconds = 1\n").await;
+    let a = FakeAgent::start("[listen]\nidle_timeout_seconds = 1\n").await;
     let socket = a.dir.path().join("agent.sock");
     let (mut client, connects) = counting_client(&socket).await;
     let mut events = client
@@ -104,7 +124,12 @@ async fn an_open_watch_keeps_its_connection_past_the_idle_timeout() {
     assert_eq!(first.r#type(), SegmentEventType::SnapshotEnd);
     // Several idle timeouts, nothing sent on the stream.
     tokio::time::sleep(Duration::from_millis(3500)).await;
-    a.create("late", "c1").await;
+    // The agent's own client, which made no call, is closed meanwhile.
+    assert_eq!(idle_closes(&a, "unix"), 1.0);
+    client
+        .create_segment(small_req("late", "c1"))
+        .await
+        .unwrap();
     let e = tokio::time::timeout(Duration::from_secs(5), events.message())
         .await
         .expect("an event")
@@ -120,7 +145,7 @@ async fn an_open_watch_keeps_its_connection_past_the_idle_timeout() {
     );
     // Once the watch is over the connection is idle, and closed.
     drop(events);
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    until_idle_closes(&a, "unix", 2.0).await;
     client.get_host(GetHostRequest {}).await.unwrap();
     assert_eq!(connects.load(Ordering::SeqCst), 2);
 }
@@ -162,4 +187,82 @@ async fn connections_beyond_the_cap_are_closed_at_once() {
     third.get_host(GetHostRequest {}).await.unwrap();
     assert!(raw_connection(&socket).await.is_none(), "full again");
     drop(fourth);
+}
+
+#[tokio::test]
+async fn idle_tls_connections_are_closed_too() {
+    use segment_agent::{
+        api::Listeners,
+        certs::testing::{generate_test_ca, issue_client_cert},
+        certs::{ClusterCa, issue_server_cert},
+        config::ListenConfig,
+    };
+    use std::time::SystemTime;
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let dir = tempfile::tempdir().unwrap();
+    let day = Duration::from_secs(86_400);
+    let (ca_pem, ca_key) = generate_test_ca("scheduler-ca", day).unwrap();
+    let ca = ClusterCa::from_pem(&ca_pem, &ca_key, SystemTime::now()).unwrap();
+    let now = SystemTime::now();
+    let server = issue_server_cert(&ca, "127.0.0.1".parse().unwrap(), "localhost", day, now);
+    let server = server.unwrap();
+    for (name, text) in [
+        ("ca.pem", &ca_pem),
+        ("cert.pem", &server.cert_pem),
+        ("key.pem", &server.key_pem),
+    ] {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    let config = ListenConfig {
+        socket: dir.path().join("agent.sock"),
+        tcp: Some("127.0.0.1:0".parse().unwrap()),
+        tls_cert: Some(dir.path().join("cert.pem")),
+        tls_key: Some(dir.path().join("key.pem")),
+        tls_client_ca: Some(dir.path().join("ca.pem")),
+        idle_timeout_seconds: 1,
+        ..ListenConfig::default()
+    };
+    let a = FakeAgent::start("").await;
+    let listeners = Listeners::bind(&config).await.unwrap();
+    let addr = listeners.tcp_addr().unwrap();
+    let host = segment_agent::host::HostFacts {
+        host_id: "tcp".into(),
+        cpus: 1,
+        memory_mib: 1024,
+    };
+    tokio::spawn(segment_agent::agent::serve(
+        a.manager.clone(),
+        host,
+        listeners,
+        a.metrics.clone(),
+        std::future::pending(),
+    ));
+    // Silent before the handshake: closed all the same.
+    let started = Instant::now();
+    let mut raw = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut buf = [0; 256];
+    let n = tokio::time::timeout(Duration::from_secs(5), raw.read(&mut buf))
+        .await
+        .expect("the server closes a silent connection")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    // A client idle after its call is closed; its next call reconnects.
+    let (cert, key) = issue_client_cert(&ca, "scheduler").unwrap();
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca_pem))
+        .domain_name("localhost")
+        .identity(Identity::from_pem(cert, key));
+    let channel = Endpoint::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = SegmentAgentClient::new(channel);
+    client.get_host(GetHostRequest {}).await.unwrap();
+    until_idle_closes(&a, "tcp", 2.0).await;
+    client.get_host(GetHostRequest {}).await.unwrap();
+    until_idle_closes(&a, "tcp", 3.0).await;
 }

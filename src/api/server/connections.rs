@@ -345,3 +345,69 @@ where
         Poll::Pending
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_stream::StreamExt;
+
+    fn slot(metrics: &ListenerMetrics) -> Slot {
+        metrics.open.inc();
+        Slot {
+            open: Arc::new(AtomicUsize::new(1)),
+            metrics: metrics.clone(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_ends_once_idle_and_never_while_a_call_is_open() {
+        let metrics = ListenerMetrics::default();
+        let (server, mut client) = tokio::io::duplex(64);
+        let timeout = Duration::from_millis(200);
+        let mut io = IdleIo::new(server, timeout, slot(&metrics));
+        let call = CallGuard::open(io.state.clone());
+        let mut buf = [0; 8];
+        let wait = Duration::from_millis(700);
+        assert!(
+            tokio::time::timeout(wait, io.read(&mut buf)).await.is_err(),
+            "a call is open"
+        );
+        // Bytes that arrive are read, whatever the timer says.
+        client.write_all(b"ping").await.unwrap();
+        assert_eq!(io.read(&mut buf).await.unwrap(), 4);
+        drop(call);
+        let ended = Instant::now();
+        assert_eq!(io.read(&mut buf).await.unwrap(), 0, "end of file");
+        assert!(ended.elapsed() >= timeout - Duration::from_millis(20));
+        assert_eq!(io.read(&mut buf).await.unwrap(), 0, "and it stays ended");
+        assert_eq!(metrics.idle_closes.get(), 1);
+        drop(io);
+        assert_eq!(metrics.open.get(), 0, "its slot is given back");
+    }
+
+    #[tokio::test]
+    async fn connections_beyond_the_cap_are_dropped_when_accepted() {
+        let metrics = ListenerMetrics::default();
+        let (servers, mut clients): (Vec<_>, Vec<_>) =
+            (0..3).map(|_| tokio::io::duplex(64)).unzip();
+        let limits = ConnLimits {
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 2,
+        };
+        let incoming = tokio_stream::iter(servers.into_iter().map(Ok));
+        let mut accepted = Limited::new(incoming, "test", limits, metrics.clone());
+        let first = accepted.next().await.unwrap().unwrap();
+        let _second = accepted.next().await.unwrap().unwrap();
+        assert!(
+            accepted.next().await.is_none(),
+            "the third is not handed on"
+        );
+        let mut buf = [0; 8];
+        assert_eq!(clients[2].read(&mut buf).await.unwrap(), 0, "closed");
+        assert_eq!((metrics.open.get(), metrics.refusals.get()), (2, 1));
+        drop(first);
+        assert_eq!(metrics.open.get(), 1);
+        assert_eq!(accepted.open.load(Ordering::Acquire), 1, "a place is free");
+    }
+}
