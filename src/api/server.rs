@@ -1,6 +1,10 @@
 //! The gRPC server: the agent's service plus server reflection and
 //! `grpc.health.v1`, on a unix socket (mode 0600) and, when configured, TCP
 //! with mutual TLS (plaintext only on loopback).
+//!
+//! Each listener holds at most `listen.max_connections` connections and
+//! closes one that has had no open call for `listen.idle_timeout_seconds`
+//! ([`connections`], [`calls`]); `limits` sets the HTTP/2 ones.
 
 pub mod calls;
 pub mod connections;
@@ -36,7 +40,7 @@ const KEEPALIVE: (std::time::Duration, std::time::Duration) = (
 const MAX_CONNECTION_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
 const CONNECTION_AGE_GRACE: std::time::Duration = std::time::Duration::from_secs(600);
 
-/// The server's connection limits.
+/// The server's HTTP/2 limits: streams, pings, connection age.
 fn limits(builder: Server) -> Server {
     builder
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
