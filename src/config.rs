@@ -282,6 +282,27 @@ pub struct ListenConfig {
     pub tls_key: Option<PathBuf>,
     /// CA that client certificates must chain to.
     pub tls_client_ca: Option<PathBuf>,
+    /// A connection without an open call (no request in flight, no open
+    /// response stream such as WatchEvents) for this long is closed by the
+    /// server, like grpc-go's MaxConnectionIdle.
+    pub idle_timeout_seconds: u64,
+    /// Connections each listener holds at once; beyond it a new connection
+    /// is closed as soon as it is accepted.
+    pub max_connections: u32,
+}
+
+/// Bounds of [`ListenConfig::idle_timeout_seconds`]: up to a day.
+pub const IDLE_TIMEOUT_SECONDS: std::ops::RangeInclusive<u64> = 1..=86_400;
+/// Bounds of [`ListenConfig::max_connections`]: each connection is a file
+/// descriptor, and the unit allows the process 65536 (both listeners at
+/// their most leave half for segments, libvirt and the state).
+pub const MAX_CONNECTIONS: std::ops::RangeInclusive<u32> = 1..=16_384;
+
+impl ListenConfig {
+    /// [`ListenConfig::idle_timeout_seconds`] as a duration.
+    pub fn idle_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.idle_timeout_seconds)
+    }
 }
 
 impl Default for ListenConfig {
@@ -292,6 +313,8 @@ impl Default for ListenConfig {
             tls_cert: None,
             tls_key: None,
             tls_client_ca: None,
+            idle_timeout_seconds: 300,
+            max_connections: 1024,
         }
     }
 }
@@ -471,6 +494,18 @@ impl Config {
             return Err(invalid(
                 "listen.tcp",
                 format!("{addr} is not loopback: plaintext TCP is refused, set the TLS files"),
+            ));
+        }
+        if !IDLE_TIMEOUT_SECONDS.contains(&l.idle_timeout_seconds) {
+            return Err(invalid(
+                "listen.idle_timeout_seconds",
+                format!("must be within {IDLE_TIMEOUT_SECONDS:?}"),
+            ));
+        }
+        if !MAX_CONNECTIONS.contains(&l.max_connections) {
+            return Err(invalid(
+                "listen.max_connections",
+                format!("must be within {MAX_CONNECTIONS:?}"),
             ));
         }
         Ok(())

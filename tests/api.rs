@@ -345,6 +345,7 @@ async fn tcp_listener_requires_a_client_certificate() {
         tls_cert: Some(dir.path().join("cert.pem")),
         tls_key: Some(dir.path().join("key.pem")),
         tls_client_ca: Some(dir.path().join("ca.pem")),
+        ..ListenConfig::default()
     };
     let agent = FakeAgent::start("").await;
     let listeners = Listeners::bind(&config).await.unwrap();

@@ -199,3 +199,6 @@ async fn one_connection_holds_a_bounded_number_of_streams() {
         .expect("a freed stream is reused")
         .unwrap();
 }
+
+#[path = "api_edges/connections.rs"]
+mod connections;

@@ -1,9 +1,17 @@
 //! The gRPC server: the agent's service plus server reflection and
 //! `grpc.health.v1`, on a unix socket (mode 0600) and, when configured, TCP
 //! with mutual TLS (plaintext only on loopback).
+//!
+//! Each listener holds at most `listen.max_connections` connections and
+//! closes one that has had no open call for `listen.idle_timeout_seconds`
+//! ([`connections`], [`calls`]); `limits` sets the HTTP/2 ones.
+
+pub mod calls;
+pub mod connections;
 
 use super::SegmentAgentService;
 use crate::{config::ListenConfig, metrics::rpc::RpcMetricsLayer, proto};
+use connections::{ConnLimits, Limited};
 use std::{
     future::Future,
     os::unix::fs::PermissionsExt,
@@ -32,7 +40,7 @@ const KEEPALIVE: (std::time::Duration, std::time::Duration) = (
 const MAX_CONNECTION_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
 const CONNECTION_AGE_GRACE: std::time::Duration = std::time::Duration::from_secs(600);
 
-/// The server's connection limits.
+/// The server's HTTP/2 limits: streams, pings, connection age.
 fn limits(builder: Server) -> Server {
     builder
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
@@ -123,6 +131,7 @@ fn io(what: &'static str, path: impl Into<String>) -> impl FnOnce(std::io::Error
 pub struct Listeners {
     unix: Option<(UnixListener, OwnedSocket)>,
     tcp: Option<(TcpListener, Option<ServerTlsConfig>)>,
+    limits: ConnLimits,
 }
 
 impl Listeners {
@@ -143,7 +152,11 @@ impl Listeners {
                 Some((listener, tls_config(config)?))
             }
         };
-        Ok(Self { unix, tcp })
+        let limits = ConnLimits {
+            idle_timeout: config.idle_timeout(),
+            max_connections: config.max_connections as usize,
+        };
+        Ok(Self { unix, tcp, limits })
     }
 
     /// The TCP address actually bound (for tests that ask for port 0).
@@ -205,6 +218,7 @@ pub async fn serve(
     let mut tasks = tokio::task::JoinSet::new();
     let make_router = |tls: Option<ServerTlsConfig>| -> Result<_, ListenError> {
         let mut builder = limits(Server::builder())
+            .layer(calls::CallTrackingLayer)
             .layer(rpc_metrics.clone())
             .layer(super::codes::RefusalCodesLayer);
         if let Some(tls) = tls {
@@ -216,12 +230,20 @@ pub async fn serve(
             .add_service(reflection_alpha.clone())
             .add_service(agent.clone()))
     };
+    let limits = listeners.limits;
+    let metrics = rpc_metrics.metrics().clone();
     if let Some((listener, path)) = listeners.unix {
         let router = make_router(None)?;
         let mut stop = stop_tx.subscribe();
+        let incoming = Limited::new(
+            UnixListenerStream::new(listener),
+            "unix",
+            limits,
+            metrics.listener("unix"),
+        );
         tasks.spawn(async move {
             let r = router
-                .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
+                .serve_with_incoming_shutdown(incoming, async move {
                     let _ = stop.recv().await;
                 })
                 .await;
@@ -232,9 +254,15 @@ pub async fn serve(
     if let Some((listener, tls)) = listeners.tcp {
         let router = make_router(tls)?;
         let mut stop = stop_tx.subscribe();
+        let incoming = Limited::new(
+            TcpListenerStream::new(listener),
+            "tcp",
+            limits,
+            metrics.listener("tcp"),
+        );
         tasks.spawn(async move {
             router
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                .serve_with_incoming_shutdown(incoming, async move {
                     let _ = stop.recv().await;
                 })
                 .await

@@ -42,6 +42,20 @@ fn rejects_bad_values() {
             "listen.tls_cert",
         ),
         (
+            "[listen]\nidle_timeout_seconds = 0",
+            "listen.idle_timeout_seconds",
+        ),
+        (
+            "[listen]\nidle_timeout_seconds = 86401",
+            "listen.idle_timeout_seconds",
+        ),
+        ("[listen]\nmax_connections = 0", "listen.max_connections"),
+        (
+            "[listen]\nmax_connections = 100000",
+            "listen.max_connections",
+        ),
+        ("[listen]\nmax_connections = -1", "max_connections"),
+        (
             "[network]\nranges = [\"203.0.113.20-203.0.113.10\"]",
             "network.ranges",
         ),

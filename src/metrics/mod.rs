@@ -75,7 +75,32 @@ struct ResultLabels {
     result: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabels {
+    listener: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CloseLabels {
+    listener: &'static str,
+    reason: &'static str,
+}
+
 type SecondsGauge = Gauge<f64, AtomicU64>;
+
+/// The figures of one API listener (`unix`, `tcp`), shared with its
+/// connections.
+#[derive(Debug, Clone, Default)]
+pub struct ListenerMetrics {
+    /// Connections open now.
+    pub open: Gauge,
+    /// Connections the server closed after `listen.idle_timeout_seconds`
+    /// without an open call.
+    pub idle_closes: Counter,
+    /// Connections closed at once because `listen.max_connections` were
+    /// open.
+    pub refusals: Counter,
+}
 
 /// Histogram buckets from 1 ms to ~65 s: RPCs and create steps range from
 /// a registry read to a Docker that takes its time.
@@ -94,6 +119,8 @@ pub struct AgentMetrics {
     reports: Family<ResultLabels, Counter>,
     report_delivered_at: SecondsGauge,
     started_at: SecondsGauge,
+    api_connections: Family<ListenerLabels, Gauge>,
+    api_connection_closes: Family<CloseLabels, Counter>,
     registry: Registry,
 }
 
@@ -121,6 +148,8 @@ impl AgentMetrics {
             reports: Family::default(),
             report_delivered_at: SecondsGauge::default(),
             started_at: SecondsGauge::default(),
+            api_connections: Family::default(),
+            api_connection_closes: Family::default(),
             registry: Registry::default(),
         };
         m.started_at.set(epoch_seconds(SystemTime::now()));
@@ -171,6 +200,18 @@ impl AgentMetrics {
             "When the agent process started, seconds since the epoch",
             self.started_at.clone(),
         );
+        r.register(
+            "segment_agent_api_connections",
+            "gRPC connections open now, by listener (unix, tcp)",
+            self.api_connections.clone(),
+        );
+        r.register(
+            "segment_agent_api_connections_closed",
+            "gRPC connections the server closed, by listener and reason: idle (no open call \
+             for listen.idle_timeout_seconds), limit (listen.max_connections were open: closed \
+             as soon as accepted)",
+            self.api_connection_closes.clone(),
+        );
         self.registry = r;
         self
     }
@@ -181,6 +222,23 @@ impl AgentMetrics {
             .get_or_create(&labels)
             .observe(took.as_secs_f64());
         self.rpcs.get_or_create(&labels).inc();
+    }
+
+    /// The figures of the API listener `listener` (`unix`, `tcp`).
+    pub fn listener(&self, listener: &'static str) -> ListenerMetrics {
+        let closes = |reason| {
+            self.api_connection_closes
+                .get_or_create(&CloseLabels { listener, reason })
+                .clone()
+        };
+        ListenerMetrics {
+            open: self
+                .api_connections
+                .get_or_create(&ListenerLabels { listener })
+                .clone(),
+            idle_closes: closes("idle"),
+            refusals: closes("limit"),
+        }
     }
 
     /// Records the last recovery.

@@ -83,6 +83,11 @@ impl RpcMetricsLayer {
     pub fn new(metrics: Arc<AgentMetrics>) -> Self {
         Self { metrics }
     }
+
+    /// Where it counts.
+    pub fn metrics(&self) -> &Arc<AgentMetrics> {
+        &self.metrics
+    }
 }
 
 impl<S> tower::Layer<S> for RpcMetricsLayer {

@@ -255,8 +255,11 @@ impl FakeAgent {
             dir.path().display().to_string()
         );
         let mut config = Config::from_toml(&text).unwrap();
+        // The socket is the test's; the limits are `extra`'s.
         config.listen = ListenConfig {
             socket: socket.clone(),
+            idle_timeout_seconds: config.listen.idle_timeout_seconds,
+            max_connections: config.listen.max_connections,
             ..ListenConfig::default()
         };
         let host = HostFacts {
