@@ -19,6 +19,7 @@ use std::{
 /// Every family a scrape of a host with a Docker segment must show.
 const FAMILIES: &[&str] = &[
     "segment_agent_rpcs_total",
+    "segment_agent_api_connections",
     "segment_agent_rpc_duration_seconds",
     "segment_agent_create_step_duration_seconds",
     "segment_agent_recovery_duration_seconds",
