@@ -187,6 +187,15 @@ host_up() {
 # The agent's tools that segments use (bound read-only at /opt/segment-agent):
 # the Docker policy plugin. Replaced by rename, so a running plugin keeps
 # its old binary until its segment restarts Docker.
+# The release binaries. segment-authz (it runs inside every segment) is
+# built again on its own: in the workspace's build its dependencies carry
+# the features the agent asks of them (tokio, hyper: 5.3 MB instead of
+# 4.9 MB); this second build links the binary from its own.
+build_release() {
+    (cd "$REPO" && cargo build --quiet --release &&
+        cargo build --quiet --release -p segment-policy --bin segment-authz)
+}
+
 install_tools() {
     local bin=$1
     install -d "$TOOLS_DIR/bin"

@@ -370,10 +370,10 @@ fn parse_key(text: &str) -> Result<KeyPair, CaError> {
     let der = Zeroizing::new(block.into_contents());
     let candidates = match tag.as_str() {
         "PRIVATE KEY" => vec![der],
-        "RSA PRIVATE KEY" => vec![pkcs8_wrap(&[RSA_ENCRYPTION], &der)],
+        "RSA PRIVATE KEY" => vec![pkcs8_wrap(RSA_ENCRYPTION, None, &der)],
         // SEC1 may omit the curve: try both that ring can sign with.
         "EC PRIVATE KEY" => [P256, P384]
-            .map(|c| pkcs8_wrap(&[EC_PUBLIC_KEY, c], &der))
+            .map(|c| pkcs8_wrap(EC_PUBLIC_KEY, Some(c), &der))
             .into(),
         other => {
             let found = format!("found a {other:?} PEM block, expected \"PRIVATE KEY\"");
@@ -386,30 +386,32 @@ fn parse_key(text: &str) -> Result<KeyPair, CaError> {
         .ok_or_else(|| bad("not an EC P-256/P-384, Ed25519 or RSA 2048-4096 bit key".into()))
 }
 
-// DER of the OIDs (and NULL) that make up a PKCS#8 AlgorithmIdentifier.
-const RSA_ENCRYPTION: &[u8] = &[6, 9, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 1, 1, 1, 5, 0];
-const EC_PUBLIC_KEY: &[u8] = &[6, 7, 0x2a, 0x86, 0x48, 0xce, 0x3d, 2, 1];
-const P256: &[u8] = &[6, 8, 0x2a, 0x86, 0x48, 0xce, 0x3d, 3, 1, 7];
-const P384: &[u8] = &[6, 5, 0x2b, 0x81, 4, 0, 0x22];
+// The OIDs of a PKCS#8 AlgorithmIdentifier.
+const RSA_ENCRYPTION: &[u64] = &[1, 2, 840, 113549, 1, 1, 1];
+const EC_PUBLIC_KEY: &[u64] = &[1, 2, 840, 10045, 2, 1];
+const P256: &[u64] = &[1, 2, 840, 10045, 3, 1, 7];
+const P384: &[u64] = &[1, 3, 132, 0, 34];
 
-/// PKCS#8 PrivateKeyInfo { version 0, algorithm, privateKey } (RFC 5208).
-fn pkcs8_wrap(algorithm: &[&[u8]], key: &[u8]) -> Zeroizing<Vec<u8>> {
-    let mut body = Zeroizing::new(vec![2, 1, 0]);
-    body.extend(der_tlv(0x30, &algorithm.concat()).iter());
-    body.extend(der_tlv(0x04, key).iter());
-    der_tlv(0x30, &body)
-}
-
-fn der_tlv(tag: u8, content: &[u8]) -> Zeroizing<Vec<u8>> {
-    let mut out = Zeroizing::new(vec![tag]);
-    let len = content.len().to_be_bytes();
-    let len = &len[len.iter().position(|b| *b != 0).unwrap_or(len.len() - 1)..];
-    if content.len() >= 0x80 {
-        out.push(0x80 | len.len() as u8);
-    }
-    out.extend_from_slice(len);
-    out.extend_from_slice(content);
-    out
+/// PKCS#8 PrivateKeyInfo { version 0, algorithm, privateKey } (RFC 5208),
+/// DER-encoded by yasna (rcgen's own encoder): RSA's AlgorithmIdentifier
+/// has NULL parameters, an EC key's names its curve.
+fn pkcs8_wrap(algorithm: &[u64], curve: Option<&[u64]>, key: &[u8]) -> Zeroizing<Vec<u8>> {
+    Zeroizing::new(yasna::construct_der(|w| {
+        w.write_sequence(|w| {
+            w.next().write_u8(0);
+            w.next().write_sequence(|w| {
+                w.next()
+                    .write_oid(&yasna::models::ObjectIdentifier::from_slice(algorithm));
+                match curve {
+                    Some(c) => w
+                        .next()
+                        .write_oid(&yasna::models::ObjectIdentifier::from_slice(c)),
+                    None => w.next().write_null(),
+                }
+            });
+            w.next().write_bytes(key);
+        })
+    }))
 }
 
 fn check_ca_extensions(cert: &X509Certificate<'_>) -> Result<(), CaError> {

@@ -71,13 +71,16 @@ async fn reports_reach_the_control_plane_and_its_outage_costs_nothing() {
 
 /// The dockerd of a segment, as a host PID (found through its cgroup).
 fn dockerd_pid(domain: &str) -> Option<i32> {
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
-        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-        let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-        (comm.trim() == "dockerd" && cgroup.contains(&format!("-{domain}.libvirt-lxc")))
-            .then_some(pid)
-    })
+    let scope = format!("-{domain}.libvirt-lxc");
+    procfs::process::all_processes()
+        .ok()?
+        .flatten()
+        .find_map(|p| {
+            let comm = p.stat().ok()?.comm;
+            let cgroups = p.cgroups().ok()?;
+            (comm == "dockerd" && cgroups.0.iter().any(|c| c.pathname.contains(&scope)))
+                .then_some(p.pid)
+        })
 }
 
 #[tokio::test(flavor = "multi_thread")]

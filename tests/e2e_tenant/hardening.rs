@@ -76,6 +76,24 @@ async fn no_container_gains_privileges_through_setuid() {
         "FROM busybox\nRUN mkdir -m 1777 /w\nUSER 1000:1000\nRUN /suid-id > /w/o\n",
     );
     assert_eq!(built, [NO_GAIN, NO_GAIN], "classic and BuildKit RUN steps");
+    // Nor an exemption from the OOM killer: the segment's processes inherit
+    // -1000 from its init; RUN steps of both builders, containers and exec'd
+    // processes run at 0 (the runc wrapper gives BuildKit's, which name no
+    // value, 0 too), so a step stuck at its memory limit is killed.
+    let adj = build_outputs(
+        &cli,
+        "FROM busybox\nRUN mkdir -m 1777 /w\nRUN cat /proc/self/oom_score_adj > /w/o\n",
+    );
+    assert_eq!(
+        adj,
+        ["0", "0"],
+        "oom_score_adj of classic and BuildKit RUN steps"
+    );
+    assert_eq!(
+        cli.ok(&["exec", "nnp-c", "cat", "/proc/self/oom_score_adj"]),
+        "0",
+        "docker exec"
+    );
     // The per-container opt-out is refused, in every spelling dockerd reads.
     for opt in [
         "no-new-privileges=false",
