@@ -436,11 +436,18 @@ fn the_swarm_ports_pass_only_between_swarm_peers() {
         ports[1].clone(),
         ports[2].clone(),
     ];
-    lab.filter(|f| f.install(&with_remote)).unwrap();
+    lab.filter(|f| f.change_swarm_peers(&ports[0], &with_remote[0]))
+        .unwrap();
     expect(&outside, true);
     expect(foreign, false);
+    // An install adds, never removes (other agents' ports share the table):
+    // the cleared peer stays until its pairs are changed away.
     lab.filter(|f| f.install(&ports)).unwrap();
+    expect(&outside, true);
+    lab.filter(|f| f.change_swarm_peers(&with_remote[0], &ports[0]))
+        .unwrap();
     expect(&outside, false);
+    expect(peer, true);
     // Revoked with B's port, the pairs leave with it: B's address, reused
     // by another cluster's segment, reaches A's swarm ports no more.
     lab.filter(|f| f.revoke(&ports[1])).unwrap();

@@ -120,6 +120,22 @@ impl PortFilter for FakeFilter {
         Ok(())
     }
 
+    fn change_swarm_peers(
+        &self,
+        before: &SegmentPort,
+        after: &SegmentPort,
+    ) -> Result<(), FilterError> {
+        let mut state = self.state.lock().unwrap();
+        state.calls.push(format!("swarm peers {}", after.name));
+        if state.failing {
+            return Err(Self::refused("change_swarm_peers"));
+        }
+        if state.allowed.remove(before) {
+            state.allowed.insert(after.clone());
+        }
+        Ok(())
+    }
+
     fn revoke(&self, port: &SegmentPort) -> Result<(), FilterError> {
         let mut state = self.state.lock().unwrap();
         state.calls.push(format!("revoke {}", port.name));

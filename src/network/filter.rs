@@ -141,6 +141,15 @@ pub trait PortFilter: Send + Sync {
     fn allow(&self, port: &SegmentPort) -> Result<(), FilterError>;
     /// Removes the rules of `port`; its name passes nothing afterwards.
     fn revoke(&self, port: &SegmentPort) -> Result<(), FilterError>;
+    /// Gives the allowed port `before` the swarm pairs of `after` (the same
+    /// port, other peers) in one transaction: pairs only `before` has are
+    /// removed (an install never removes elements: other agents' ports
+    /// share the table on a test bridge), the others are there afterwards.
+    fn change_swarm_peers(
+        &self,
+        before: &SegmentPort,
+        after: &SegmentPort,
+    ) -> Result<(), FilterError>;
 }
 
 /// The script that installs the table and allows `ports`.
@@ -181,6 +190,34 @@ pub fn revoke_script(port: &SegmentPort) -> String {
     script
 }
 
+/// The script of [`PortFilter::change_swarm_peers`]: each pair to remove
+/// added first, so that its delete succeeds whether or not it was there.
+pub fn swarm_peers_script(before: &SegmentPort, after: &SegmentPort) -> String {
+    let mut script = String::new();
+    let gone: Vec<Ipv4Addr> = before
+        .swarm_peers
+        .iter()
+        .filter(|p| !after.swarm_peers.contains(p))
+        .copied()
+        .collect();
+    for verb in ["add", "delete"] {
+        push_pairs(&mut script, verb, before.address, &gone);
+    }
+    push_pairs(&mut script, "add", after.address, &after.swarm_peers);
+    script
+}
+
+fn push_pairs(script: &mut String, verb: &str, ip: Ipv4Addr, peers: &[Ipv4Addr]) {
+    // Both ways: the peer's answers and its own gossip and VXLAN reach
+    // the port, the port's reach the peer (if the peer is on this bridge).
+    for peer in peers {
+        let _ = writeln!(
+            script,
+            "{verb} element bridge {TABLE} swarm_peers {{ {peer} . {ip}, {ip} . {peer} }}"
+        );
+    }
+}
+
 fn push_elements(script: &mut String, verb: &str, port: &SegmentPort) {
     let (name, mac, ip) = (&port.name, port.mac_text(), port.address);
     // Names are sg-<hex>, MACs and addresses typed: nothing to escape.
@@ -195,14 +232,7 @@ fn push_elements(script: &mut String, verb: &str, port: &SegmentPort) {
     if port.rate_kib > 0 {
         push_limits(script, verb, port);
     }
-    // Both ways: the peer's answers and its own gossip and VXLAN reach
-    // the port, the port's reach the peer (if the peer is on this bridge).
-    for peer in &port.swarm_peers {
-        let _ = writeln!(
-            script,
-            "{verb} element bridge {TABLE} swarm_peers {{ {peer} . {ip}, {ip} . {peer} }}"
-        );
-    }
+    push_pairs(script, verb, ip, &port.swarm_peers);
 }
 
 /// The port's two limits (from it, to it) and their map elements. A

@@ -5,7 +5,7 @@
 
 use super::filter::{
     FilterError, PortFilter, SegmentPort, allow_script, install_script, revoke_script,
-    swarm_remote_script,
+    swarm_peers_script, swarm_remote_script,
 };
 use std::{
     io::Write,
@@ -148,6 +148,14 @@ impl PortFilter for Nft {
 
     fn revoke(&self, port: &SegmentPort) -> Result<(), FilterError> {
         self.run(&[], &revoke_script(port))
+    }
+
+    fn change_swarm_peers(
+        &self,
+        before: &SegmentPort,
+        after: &SegmentPort,
+    ) -> Result<(), FilterError> {
+        self.run(&[], &swarm_peers_script(before, after))
     }
 }
 

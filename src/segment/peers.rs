@@ -28,6 +28,8 @@ type PeerMap = BTreeMap<String, Vec<Ipv4Addr>>;
 pub struct ClusterPeers {
     dir: Option<PathBuf>,
     map: Mutex<PeerMap>,
+    /// One SetClusterPeers at a time: each saves the map the last one left.
+    changing: tokio::sync::Mutex<()>,
 }
 
 impl ClusterPeers {
@@ -52,6 +54,7 @@ impl ClusterPeers {
         Self {
             dir: Some(dir.to_owned()),
             map: Mutex::new(map),
+            changing: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -67,11 +70,10 @@ impl ClusterPeers {
         self.map.lock().expect("cluster peers lock")
     }
 
-    /// Replaces the peers of `cluster` (none: forgets it), on disk first.
-    /// Blocks.
-    fn set(&self, cluster: &ClusterId, peers: Vec<Ipv4Addr>) -> std::io::Result<()> {
-        let mut map = self.lock();
-        let mut next = map.clone();
+    /// Writes the peers with those of `cluster` replaced (none: forgets
+    /// it) and returns them, for [`ClusterPeers::replace`]. Blocks.
+    fn save(&self, cluster: &ClusterId, peers: Vec<Ipv4Addr>) -> std::io::Result<PeerMap> {
+        let mut next = self.lock().clone();
         if peers.is_empty() {
             next.remove(cluster.as_str());
         } else {
@@ -81,8 +83,12 @@ impl ClusterPeers {
             let json = serde_json::to_vec_pretty(&next).map_err(std::io::Error::other)?;
             crate::atomic::write_atomic(dir, FILE, &json, 0o600)?;
         }
-        *map = next;
-        Ok(())
+        Ok(next)
+    }
+
+    /// Makes `map` (saved) the peers in effect.
+    fn replace(&self, map: PeerMap) {
+        *self.lock() = map;
     }
 }
 
@@ -97,19 +103,21 @@ impl SegmentManager {
         addresses: &[String],
     ) -> Result<(Vec<Ipv4Addr>, u32), Error> {
         let peers = remote_peers(addresses, |ip| self.is_local_address(ip))?;
-        let store = self.cluster_peers.clone();
-        let (c, p) = (cluster.clone(), peers.clone());
-        tokio::task::spawn_blocking(move || store.set(&c, p))
+        let _one_at_a_time = self.cluster_peers.changing.lock().await;
+        let (store, c, p) = (self.cluster_peers.clone(), cluster.clone(), peers.clone());
+        let next = tokio::task::spawn_blocking(move || store.save(&c, p))
             .await
             .map_err(|e| Error::Internal(format!("cluster peers task: {e}")))?
             .map_err(|e| Error::Internal(format!("writing {FILE}: {e}")))?;
-        self.refresh_filter().await.map_err(|e| {
-            Error::Internal(format!(
-                "the peers are kept, but the bridge filter could not apply them (it retries \
-                 within seconds): {}",
-                crate::errors::error_chain(&e)
-            ))
-        })?;
+        self.change_cluster_peers(&cluster, || self.cluster_peers.replace(next))
+            .await
+            .map_err(|e| {
+                Error::Internal(format!(
+                    "the peers are kept, but the bridge filter could not apply them (send \
+                     them again): {}",
+                    crate::errors::error_chain(&e)
+                ))
+            })?;
         let segments = self
             .registry
             .all()

@@ -92,6 +92,38 @@ impl SegmentManager {
         self.filter_blocking(move |f| f.install(&ports)).await
     }
 
+    /// Runs `change` (which changes a cluster's remote peers) and gives the
+    /// allowed ports of `cluster`'s segments the pairs it makes: those of
+    /// peers gone are removed, those of new ones added, port by port in one
+    /// transaction each. Nothing to do unless the filter is enforced.
+    pub(crate) async fn change_cluster_peers<T>(
+        &self,
+        cluster: &crate::model::ClusterId,
+        change: impl FnOnce() -> T,
+    ) -> Result<T, FilterError> {
+        let ports = |all: &[SegmentRecord]| -> Vec<SegmentPort> {
+            all.iter()
+                .filter(|r| &r.request.cluster == cluster)
+                .map(|r| port_of(r, all, &self.cluster_peers))
+                .collect()
+        };
+        let all = self.records();
+        let before = ports(&all);
+        let changed = change();
+        let after = ports(&all);
+        if self.settings.filtering != Filtering::Enforced {
+            return Ok(changed);
+        }
+        self.filter_blocking(move |f| {
+            before
+                .iter()
+                .zip(&after)
+                .try_for_each(|(b, a)| f.change_swarm_peers(b, a))
+        })
+        .await?;
+        Ok(changed)
+    }
+
     fn records(&self) -> Vec<SegmentRecord> {
         self.registry.all().into_iter().map(|e| e.record).collect()
     }
