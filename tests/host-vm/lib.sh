@@ -153,6 +153,15 @@ segment_pids() {
 # weight: BFQ's file (the segments' disk runs BFQ in this VM; libvirt writes
 # it when it exists), else the io controller's.
 io_weight_file() { if [ -e "$1/io.bfq.weight" ]; then echo "$1/io.bfq.weight"; else echo "$1/io.weight"; fi; }
+# io_weight_line CGROUP WEIGHT: what that file holds for libvirt's weight
+# WEIGHT. libvirt sets it through systemd (the scope's IOWeight=), which maps
+# io.weight's scale (1..10000, 100 the default) onto BFQ's (1..1000): above
+# 100, 100 + (WEIGHT - 100) * 900 / 9900 (300 is 118).
+io_weight_line() {
+    local w=$2
+    if [ -e "$1/io.bfq.weight" ] && ((w > 100)); then w=$((100 + (w - 100) * 900 / 9900)); fi
+    echo "default $w"
+}
 
 label_of() { tr -d '\0' <"/proc/$1/attr/current"; }
 

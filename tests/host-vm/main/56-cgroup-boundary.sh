@@ -87,7 +87,7 @@ expect_eq "$(cat "$cg/memory.max") $(cat "$cg/cpu.max") $(cat "$cg/cpu.weight") 
 expect_eq "$(cat "$cg/pids.max") $(cat "$cg/memory.swap.max") $(cat "$cg/memory.high")" "4096 0 max" \
     "the segment's pids.max, memory.swap.max and memory.high after the attempts"
 expect_eq "$(limit_values)" "$values" "every limit file of the segment after the attempts"
-expect_match "$(cat "$(io_weight_file "$(dirname "$cg")")")" "^default $(sed -n 's/^io_weight = //p' "$CONFIG")\$" \
+expect_eq "$(cat "$(io_weight_file "$(dirname "$cg")")")" "$(io_weight_line "$(dirname "$cg")" "$(sed -n 's/^io_weight = //p' "$CONFIG")")" \
     "the I/O weight of the segment's scope (libvirt's, outside the segment's view) after the attempts"
 [ ! -e "$cg/escape" ] || fail "a cgroup escape/ was made"
 

@@ -34,7 +34,7 @@ expect_eq "$(read_cg "$a" memory.swap.max)" 0 "cap-a memory.swap.max"
 # the disk by weight.
 weight_file=$(io_weight_file "$(dirname "$a")")
 expect_eq "${weight_file##*/}" io.bfq.weight "the weight's file (the segments' disk runs BFQ)"
-expect_match "$(cat "$weight_file")" "^default $io_weight\$" \
+expect_eq "$(cat "$weight_file")" "$(io_weight_line "$(dirname "$a")" "$io_weight")" \
     "cap-a's ${weight_file##*/} (on its scope) is the host's io_weight $io_weight"
 expect_match "$(virsh -q -c lxc:/// dumpxml seg-cap-a)" "<weight>$io_weight</weight>" "cap-a's <blkiotune>"
 # Every process of the segment is below these files (init in management/).

@@ -7,8 +7,9 @@
 #      disk by segment, not by writer (io-b near half);
 #   2. the same under mq-deadline (no cgroup weights): by writer (printed
 #      for contrast);
-#   3. io-b's weight tripled (libvirt's blkiotune, live), 1 writer each:
-#      io-b near three quarters.
+#   3. io-b's weight raised to libvirt's most (blkiotune 1000, live), 1
+#      writer each: io-b's share near its share of the BFQ weights (libvirt
+#      goes through systemd, which maps 300 to BFQ's 118 and 1000 to 181).
 
 SECS=15
 seg_a=$(create_dev io-a 256)
@@ -21,9 +22,11 @@ cleanup() {
 trap cleanup EXIT
 expect_match "$(cat /sys/block/vdb/queue/scheduler)" '\[bfq\]' "the segments' disk runs BFQ"
 weight=$(sed -n 's/^io_weight = //p' "$CONFIG")
+bfq_weight() { awk '/^default/ {print $2}' "$(dirname "$(segment_cgroup "$1")")/io.bfq.weight"; }
 for id in io-a io-b; do
-    expect_match "$(cat "$(io_weight_file "$(dirname "$(segment_cgroup "$id")")")")" "^default $weight\$" \
-        "$id's BFQ weight is the agent's io_weight"
+    scope=$(dirname "$(segment_cgroup "$id")")
+    expect_eq "$(cat "$scope/io.bfq.weight")" "$(io_weight_line "$scope" "$weight")" \
+        "$id's BFQ weight is the agent's io_weight $weight (systemd's mapping)"
 done
 
 # writers ID N: N O_DIRECT writers in segment ID for $SECS s; prints the bytes they wrote.
@@ -58,14 +61,16 @@ say "2. mq-deadline (no weights), 4 writers against 1:"
 plain=$(share 4 1)
 say "   io-b's share: $plain %"
 echo bfq >/sys/block/vdb/queue/scheduler
-virsh -q -c lxc:/// blkiotune seg-io-b --weight $((3 * weight)) --live >/dev/null
-expect_match "$(cat "$(io_weight_file "$(dirname "$(segment_cgroup io-b)")")")" "^default $((3 * weight))\$" \
-    "io-b's BFQ weight tripled"
-say "3. BFQ, io-b's weight tripled, 1 writer each:"
+virsh -q -c lxc:/// blkiotune seg-io-b --weight 1000 --live >/dev/null
+wa=$(bfq_weight io-a) wb=$(bfq_weight io-b)
+((wb > wa)) || fail "io-b's BFQ weight $wb after blkiotune --weight 1000 is not above io-a's $wa"
+expected=$((100 * wb / (wa + wb)))
+say "3. BFQ, io-b's weight raised (libvirt's 1000: BFQ $wb against $wa), 1 writer each:"
 weighted=$(share 1 1)
-say "   io-b's share: $weighted % (weights $weight : $((3 * weight)), 75 % by weight)"
+say "   io-b's share: $weighted % (by weight: $expected %)"
 
 ((fair >= 35)) || fail "under BFQ a segment with 1 writer got $fair % against 4 writers of an equal weight (mq-deadline: $plain %)"
 say "ok: BFQ shares the disk by segment: $fair % for 1 writer against 4 (mq-deadline: $plain %)"
-((weighted >= 60 && weighted <= 90)) || fail "with 3x the weight io-b got $weighted % (expected 60-90)"
-say "ok: io-b's share follows its weight: $weighted %"
+((weighted >= expected - 12 && weighted <= expected + 12)) ||
+    fail "with BFQ weights $wb : $wa io-b got $weighted % (by weight $expected %)"
+say "ok: io-b's share follows its weight: $weighted % (by weight $expected %)"
