@@ -1,8 +1,11 @@
-# Issue 10's disk I/O weight, measured: the segments' disk (/dev/vdb, qemu
+# Issue 10's disk I/O weight: the segments' disk (/dev/vdb, qemu
 # throttled to a finite rate like any real disk) runs BFQ, and libvirt puts
 # each segment's <blkiotune> weight (the agent's isolation.io_weight) in its
 # scope's io.bfq.weight. Two segments write with O_DIRECT at once, for a
-# fixed time; their shares of what reached the disk are the figures:
+# fixed time; their shares of what reached the disk are the figures (under
+# TCG the guest's CPU, not the disk, was the bottleneck in the last run: the
+# shares did not show the weights, so the bounds below are loose and the
+# weights' effect is not claimed; README "Disk I/O weight"):
 #   1. equal weights, 4 writers in io-a against 1 in io-b: BFQ shares the
 #      disk by segment, not by writer (io-b near half);
 #   2. the same under mq-deadline (no cgroup weights): by writer (printed
