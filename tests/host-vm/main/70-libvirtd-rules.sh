@@ -14,7 +14,7 @@ create_dev lr-1 >/dev/null
 apparmor_parser -r /etc/apparmor.d/usr.sbin.libvirtd
 m=$(mark)
 expect_fails "StopSegment without the local rules" rpc StopSegment '{"segment_id":"lr-1","timeout_seconds":2}'
-expect_denied "$m" 'operation="signal" profile="libvirtd".*peer="segment-agent-segment"' \
+expect_denied "$m" 'operation="signal".* profile="libvirtd".*peer="segment-agent-segment"' \
     "libvirtd's signal to the segment"
 expect_fails "DeleteSegment without the local rules" rpc DeleteSegment '{"segment_id":"lr-1"}'
 [ -e "/proc/$(init_pid lr-1)" ] || fail "lr-1 stopped although libvirtd may not signal it"
