@@ -142,3 +142,27 @@ async fn bad_peer_lists_are_invalid_arguments_and_change_nothing() {
         "unchanged"
     );
 }
+
+#[tokio::test]
+async fn an_unreadable_peers_file_starts_the_agent_with_no_remote_peer() {
+    let filter = FakeFilter::new();
+    let (hv, dir) = (
+        Arc::new(FakeHypervisor::new()),
+        tempfile::tempdir().unwrap(),
+    );
+    let mut a = FakeAgent::start_with_filter(hv, dir, "", filter.clone()).await;
+    a.create("a", "c1").await;
+    a.client
+        .set_cluster_peers(set("c1", &["198.51.100.2"]))
+        .await
+        .unwrap();
+    let (hv, dir) = a.shut_down().await;
+    std::fs::write(dir.path().join("cluster-peers.json"), b"{ not json").unwrap();
+    let filter = FakeFilter::new();
+    let _a = FakeAgent::start_with_filter(hv, dir, "", filter.clone()).await;
+    assert_eq!(
+        filter.swarm_peers(A).unwrap(),
+        Vec::<Ipv4Addr>::new(),
+        "fail closed"
+    );
+}

@@ -38,19 +38,15 @@ impl ClusterPeers {
     /// (fail closed) until the control plane sends them again.
     pub fn load(dir: &Path) -> Self {
         let path = dir.join(FILE);
-        let map = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice::<PeerMap>(&bytes).unwrap_or_else(|e| {
-                error!(file = %path.display(), error = %e,
-                    "cluster peers unreadable; no remote peer is allowed until SetClusterPeers");
-                PeerMap::new()
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => PeerMap::new(),
-            Err(e) => {
-                error!(file = %path.display(), error = %e,
-                    "cluster peers unreadable; no remote peer is allowed until SetClusterPeers");
-                PeerMap::new()
-            }
+        let read = match std::fs::read(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(PeerMap::new()),
+            r => r.and_then(|b| serde_json::from_slice::<PeerMap>(&b).map_err(Into::into)),
         };
+        let map = read.unwrap_or_else(|e| {
+            error!(file = %path.display(), error = %e,
+                "cluster peers unreadable; no remote peer is allowed until SetClusterPeers");
+            PeerMap::new()
+        });
         Self {
             dir: Some(dir.to_owned()),
             map: Mutex::new(map),
