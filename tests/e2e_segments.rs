@@ -342,7 +342,12 @@ async fn agent_killed_in_the_middle_of_creates_recovers_cleanly() {
                 .unwrap();
             }
             Err(e) => {
-                assert_eq!(e.code(), Code::NotFound, "round {round}");
+                assert_eq!(
+                    e.code(),
+                    Code::NotFound,
+                    "round {round}: {e:?}\n{}",
+                    agent.log()
+                );
                 assert!(
                     !domain_exists(&format!("seg-{id}")),
                     "round {round}: orphan domain"

@@ -36,6 +36,13 @@ use tonic::transport::{Channel, Endpoint, Uri};
 
 /// A gRPC channel over a unix socket.
 pub async fn unix_channel(path: &Path) -> Channel {
+    try_unix_channel(path)
+        .await
+        .expect("connecting to the agent socket")
+}
+
+/// A channel to the agent's socket, or why there is none.
+pub async fn try_unix_channel(path: &Path) -> Result<Channel, tonic::transport::Error> {
     let path = path.to_owned();
     Endpoint::try_from("http://localhost")
         .unwrap()
@@ -44,7 +51,6 @@ pub async fn unix_channel(path: &Path) -> Channel {
             async move { UnixStream::connect(path).await.map(TokioIo::new) }
         }))
         .await
-        .expect("connecting to the agent socket")
 }
 
 /// A CreateSegment request with the host's defaults.

@@ -2,8 +2,8 @@
 //! network namespace that `scripts/test` prepares. Missing environment is a
 //! failure, never a skip.
 
-use super::unix_channel;
-use segment_agent::proto::agent::segment_agent_client::SegmentAgentClient;
+use super::{try_unix_channel, unix_channel};
+use segment_agent::proto::agent::{GetHostRequest, segment_agent_client::SegmentAgentClient};
 use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -200,12 +200,33 @@ impl RealAgent {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("agent exited with {status}; log:\n{}", self.log());
             }
-            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+            // Serving, not only listening: the socket accepts from its
+            // bind on, before the server runs (an agent that fails after
+            // binding must show up here with its log, not as a broken
+            // connection in the test's next call).
+            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() && self.answers().await
+            {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         panic!("agent did not serve within 30 s; log:\n{}", self.log());
+    }
+
+    /// Whether the agent answers a GetHost.
+    async fn answers(&self) -> bool {
+        let call = async {
+            match try_unix_channel(&self.socket).await {
+                Ok(channel) => SegmentAgentClient::new(channel)
+                    .get_host(GetHostRequest {})
+                    .await
+                    .is_ok(),
+                Err(_) => false,
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), call)
+            .await
+            .unwrap_or(false)
     }
 
     /// The agent's PID.
