@@ -398,6 +398,20 @@ fn service_spreads_with_a_port_on_every_segment(manager: &DockerCli, ips: &[&str
          --endpoint-mode dnsrr --publish mode=host,target=80,published=8080 busybox sh -c",
     );
     let serve = "mkdir -p /www && echo swarm-web > /www/index.html && exec httpd -f -p 80 -h /www";
+    // The routing mesh and VIPs are IPVS, which the kernel refuses in the
+    // segment's user namespace: refused up front, not left answering nowhere.
+    for (what, spec) in [
+        ("the routing mesh", "--publish 8081:80"),
+        ("a VIP on a network", "--network ov"),
+    ] {
+        let refused = [
+            words("service create --detach --name lb --no-resolve-image").as_slice(),
+            &words(spec),
+            &["busybox", "sh", "-c", serve],
+        ]
+        .concat();
+        assert_refused(&manager.fails(&refused), "SEGMENT-1027", what);
+    }
     manager.ok(&[create.as_slice(), &[serve]].concat());
     let ps = words("service ps web --filter desired-state=running --format");
     let ps = [ps.as_slice(), &["{{.Node}} {{.CurrentState}}"]].concat();

@@ -62,6 +62,7 @@
 //! | `SEGMENT-1024` | swarm membership | `docker swarm init/join/leave/update/unlock`, `docker node update/rm`: the agent manages swarm membership |
 //! | `SEGMENT-1025` | closed endpoints | BuildKit's raw gRPC API (`POST /grpc`), dockerd's `/debug/` endpoints, checkpoints (experimental), start from a checkpoint, the removed `/containers/{id}/copy` |
 //! | `SEGMENT-1026` | log size | `--log-opt max-size` over 100m (or not a size), `max-file` over 10 (or not a count) for `json-file` and `local` (containers and services): a container's log stays bounded |
+//! | `SEGMENT-1027` | swarm load balancing | service ports published in ingress mode (the routing mesh, `-p 8080:80`; any `PublishMode` but `host`) and virtual-IP services on networks (any `EndpointSpec.Mode` but `dnsrr`), on create and update: both are IPVS, which the kernel refuses in the segment's user namespace |
 //! | `SEGMENT-1100` | uninspectable body | a checked request whose body dockerd did not forward (not `Content-Type: application/json`, empty, or 1 MiB and over); any request with a form body (`application/x-www-form-urlencoded`, `multipart/form-data`: dockerd reads parameters from it that the plugin never sees) |
 //! | `SEGMENT-1101` | malformed body | a checked request whose body is not the JSON dockerd expects, or names a checked field twice (`"Privileged"` and `"privileged"`) |
 //! | `SEGMENT-1102` | malformed authorization request | an `AuthZPlugin.AuthZReq` the plugin cannot decode |

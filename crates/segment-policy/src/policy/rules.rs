@@ -96,6 +96,8 @@ pub enum Rule {
     ClosedEndpoint,
     /// `SEGMENT-1026`
     LogSize,
+    /// `SEGMENT-1027`
+    SwarmLoadBalancing,
     /// `SEGMENT-1100`
     BodyMissing,
     /// `SEGMENT-1101`
@@ -138,6 +140,7 @@ impl Rule {
             Rule::Swarm => "SEGMENT-1024",
             Rule::ClosedEndpoint => "SEGMENT-1025",
             Rule::LogSize => "SEGMENT-1026",
+            Rule::SwarmLoadBalancing => "SEGMENT-1027",
             Rule::BodyMissing => "SEGMENT-1100",
             Rule::BodyMalformed => "SEGMENT-1101",
             Rule::ProtocolError => "SEGMENT-1102",
@@ -188,6 +191,7 @@ mod tests {
             Rule::Swarm,
             Rule::ClosedEndpoint,
             Rule::LogSize,
+            Rule::SwarmLoadBalancing,
             Rule::BodyMissing,
             Rule::BodyMalformed,
             Rule::ProtocolError,

@@ -23,6 +23,7 @@ pub(crate) fn membership_denial() -> Denial {
 
 /// Checks a `ServiceSpec`.
 pub(crate) fn check_service_spec(spec: &Json, area: &dyn DataArea) -> Check {
+    check_load_balancing(spec)?;
     let Some(task) = spec.field("TaskTemplate")? else {
         return Ok(());
     };
@@ -50,6 +51,44 @@ pub(crate) fn check_service_spec(spec: &Json, area: &dyn DataArea) -> Check {
         return Ok(());
     };
     check_container_spec(container, area)
+}
+
+/// Swarm's load balancing is IPVS, programmed by dockerd over netlink, and
+/// the kernel refuses IPVS to a process whose CAP_NET_ADMIN is not in the
+/// initial user namespace (GENL_ADMIN_PERM): in a segment the routing mesh
+/// and virtual IPs would be created and never work (the task runs, the
+/// port or the VIP answers nowhere). Refused with what does work instead.
+/// dockerd reads both modes case-insensitively, and any other value as the
+/// default: a port is in ingress mode unless it says `host`, a service's
+/// endpoint is a VIP unless it says `dnsrr`.
+fn check_load_balancing(spec: &Json) -> Check {
+    let endpoint = spec.field("EndpointSpec")?;
+    let ports = array_of(
+        endpoint.map(|e| e.field("Ports")).transpose()?.flatten(),
+        "Ports",
+    )?;
+    for port in ports {
+        let mode = str_of(port.field("PublishMode")?, "PublishMode")?.unwrap_or("");
+        if !mode.eq_ignore_ascii_case("host") {
+            return Err(Denial::new(
+                Rule::SwarmLoadBalancing,
+                "published ports in ingress mode (the routing mesh, -p 8080:80) need IPVS, which the kernel does not allow in a segment; publish on each task's node instead: --publish mode=host,target=80,published=8080",
+            ));
+        }
+    }
+    let resolution = match endpoint {
+        Some(e) => str_of(e.field("Mode")?, "Mode")?.unwrap_or(""),
+        None => "",
+    };
+    let on_networks = !array_of(spec.path(&["TaskTemplate", "Networks"])?, "Networks")?.is_empty()
+        || !array_of(spec.field("Networks")?, "Networks")?.is_empty();
+    if on_networks && !resolution.eq_ignore_ascii_case("dnsrr") {
+        return Err(Denial::new(
+            Rule::SwarmLoadBalancing,
+            "services on networks with a virtual IP (the default --endpoint-mode vip) need IPVS, which the kernel does not allow in a segment; use --endpoint-mode dnsrr (the service's name resolves to its tasks' addresses)",
+        ));
+    }
+    Ok(())
 }
 
 fn check_container_spec(container: &Json, area: &dyn DataArea) -> Check {
