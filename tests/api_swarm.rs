@@ -3,7 +3,8 @@
 //! idempotency, bad input, a refused join undone, the nodes after an agent
 //! restart, and DeleteSegment's leave (demote first, then leave, then the
 //! removal from a local manager), which never stops a delete when Docker
-//! is dead. The real thing is `tests/e2e_swarm_agent.rs`.
+//! is dead, and the removal of a departed remote peer's node once it is
+//! down. The real thing is `tests/e2e_swarm_agent.rs`.
 
 mod common;
 
@@ -16,7 +17,7 @@ use segment_agent::{
     hypervisor::fake::FakeHypervisor,
     proto::agent::{
         CreateSegmentRequest, DeleteSegmentRequest, GetHostRequest, GetSegmentRequest,
-        ListSegmentsRequest, Segment, SwarmMode, SwarmRole, SwarmSpec,
+        ListSegmentsRequest, Segment, SetClusterPeersRequest, SwarmMode, SwarmRole, SwarmSpec,
     },
 };
 use std::sync::{Arc, atomic::Ordering};
@@ -332,4 +333,67 @@ async fn delete_demotes_leaves_and_is_removed_and_never_waits_on_a_dead_docker()
     agent.client.delete_segment(del("a")).await.unwrap();
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
     assert!(agent.hv.domain_xml("seg-a").is_none());
+}
+
+/// A segment of the cluster on another host joined the swarm (its node
+/// listed by the manager here) and is then dropped from the cluster's
+/// peers: while its node is up it is left alone; once the swarm has it
+/// down, the manager here demotes and removes it. A node at an address
+/// that was never a peer is never touched.
+#[tokio::test]
+async fn a_dropped_peers_node_is_removed_once_it_is_down() {
+    let (swarm, ca) = (FakeSwarm::default(), TestCa::new("c"));
+    let (mut agent, _tools) = swarm_agent(&swarm).await;
+    let a = create(&mut agent, req("a", &ca, spec(SwarmMode::Init, "", &[])))
+        .await
+        .unwrap();
+    let remote: std::net::Ipv4Addr = "198.51.100.7".parse().unwrap();
+    let stranger: std::net::Ipv4Addr = "198.51.100.9".parse().unwrap();
+    let remote_id = swarm.add_remote(remote, true);
+    let stranger_id = swarm.add_remote(stranger, false);
+    swarm.set_down(stranger);
+    let peers = |p: &[&str]| SetClusterPeersRequest {
+        cluster_id: "c1".into(),
+        remote_addresses: p.iter().map(|s| s.to_string()).collect(),
+    };
+    agent
+        .client
+        .set_cluster_peers(peers(&["198.51.100.7"]))
+        .await
+        .unwrap();
+    agent.client.set_cluster_peers(peers(&[])).await.unwrap();
+    // Still up: looked at, left alone.
+    let looked = format!("nodes {}", a.public_ipv4);
+    for _ in 0..50 {
+        if swarm.calls().iter().filter(|c| **c == looked).count() >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        swarm.calls().iter().filter(|c| **c == looked).count() >= 2,
+        "the manager here was asked for the nodes: {:?}",
+        swarm.calls()
+    );
+    assert!(swarm.members().contains(&remote_id), "an up node is left");
+    swarm.set_down(remote);
+    let mut gone = false;
+    for _ in 0..100 {
+        if !swarm.members().contains(&remote_id) {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(gone, "the down node was removed: {:?}", swarm.calls());
+    let calls = swarm.calls();
+    let at = |c: &str| calls.iter().position(|x| x == c);
+    let ip = &a.public_ipv4;
+    let demote = at(&format!("demote {ip} {remote_id}")).expect("a departed manager is demoted");
+    let removed = at(&format!("remove {ip} {remote_id}")).expect("then removed");
+    assert!(demote < removed, "{calls:?}");
+    assert!(
+        swarm.members().contains(&stranger_id),
+        "a node that was never a peer stays: {calls:?}"
+    );
 }

@@ -73,6 +73,20 @@ impl NodeInfo {
     }
 }
 
+/// One node of the swarm as a manager lists it (`GET /nodes`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedNode {
+    /// Its id.
+    pub id: String,
+    /// The address it is reached on (`Status.Addr`, or for a manager whose
+    /// status says `0.0.0.0` its `ManagerStatus.Addr`).
+    pub address: Option<Ipv4Addr>,
+    /// Whether it is a manager.
+    pub manager: bool,
+    /// Whether the managers have lost it (`down` or `disconnected`).
+    pub down: bool,
+}
+
 /// The join tokens of a swarm (`GET /swarm`, managers only).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JoinTokens {
@@ -105,6 +119,8 @@ pub trait SwarmApi: Send + Sync + 'static {
     async fn demote(&self, t: &DockerTarget, id: &str) -> Result<(), SwarmError>;
     /// Removes node `id` from the node list (asked of a manager).
     async fn remove_node(&self, t: &DockerTarget, id: &str) -> Result<(), SwarmError>;
+    /// The swarm's nodes (asked of a manager).
+    async fn nodes(&self, t: &DockerTarget) -> Result<Vec<ListedNode>, SwarmError>;
 }
 
 /// The real client.
@@ -221,6 +237,32 @@ impl SwarmApi for DockerSwarm {
         call(t, "DELETE", &path, None, Duration::from_secs(10)).await?;
         Ok(())
     }
+
+    async fn nodes(&self, t: &DockerTarget) -> Result<Vec<ListedNode>, SwarmError> {
+        let v = call(t, "GET", "/nodes", None, Duration::from_secs(10)).await?;
+        let nodes = v
+            .as_array()
+            .ok_or_else(|| SwarmError::Malformed("GET /nodes: not a list".into()))?;
+        Ok(nodes.iter().filter_map(swarm_node).collect())
+    }
+}
+
+/// One entry of `GET /nodes`; `None` without an id.
+fn swarm_node(n: &serde_json::Value) -> Option<ListedNode> {
+    let id = n["ID"].as_str()?.to_owned();
+    let status: Option<Ipv4Addr> = n["Status"]["Addr"].as_str().and_then(|a| a.parse().ok());
+    let managed: Option<Ipv4Addr> = n["ManagerStatus"]["Addr"]
+        .as_str()
+        .and_then(|a| a.parse::<SocketAddrV4>().ok())
+        .map(|a| *a.ip());
+    let address = status.filter(|a| !a.is_unspecified()).or(managed);
+    let state = n["Status"]["State"].as_str().unwrap_or_default();
+    Some(ListedNode {
+        id,
+        address,
+        manager: n["Spec"]["Role"].as_str() == Some("manager"),
+        down: matches!(state, "down" | "disconnected"),
+    })
 }
 
 /// A node id as Docker makes them (25 base-36 digits); anything else is
@@ -288,6 +330,47 @@ async fn exchange(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nodes_are_read_with_their_addresses_and_states() {
+        let list: serde_json::Value = serde_json::from_str(
+            r#"[{"ID":"a1","Spec":{"Role":"manager"},"Status":{"State":"ready","Addr":"0.0.0.0"},
+                 "ManagerStatus":{"Addr":"203.0.113.10:2377"}},
+                {"ID":"b2","Spec":{"Role":"worker"},"Status":{"State":"down","Addr":"198.51.100.7"}},
+                {"ID":"c3","Spec":{"Role":"worker"},"Status":{"State":"disconnected"}},
+                {"Spec":{"Role":"worker"}}]"#,
+        )
+        .unwrap();
+        let nodes: Vec<ListedNode> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(swarm_node)
+            .collect();
+        assert_eq!(
+            nodes,
+            [
+                ListedNode {
+                    id: "a1".into(),
+                    address: Some(Ipv4Addr::new(203, 0, 113, 10)),
+                    manager: true,
+                    down: false
+                },
+                ListedNode {
+                    id: "b2".into(),
+                    address: Some(Ipv4Addr::new(198, 51, 100, 7)),
+                    manager: false,
+                    down: true
+                },
+                ListedNode {
+                    id: "c3".into(),
+                    address: None,
+                    manager: false,
+                    down: true
+                },
+            ]
+        );
+    }
 
     #[test]
     fn only_plain_node_ids_reach_a_path() {

@@ -6,25 +6,37 @@
 //! stored token and managers).
 //!
 //! Only the node's own Docker and the local segments of the same cluster
-//! are reachable with a token: a manager on another host cannot be asked
-//! to remove a departed node (it stays listed as `Down` there).
+//! are reachable with a token. A segment deleted on another host is seen
+//! here through SetClusterPeers: when its address is dropped from the
+//! cluster's peers, a manager here removes its node once the swarm has it
+//! down ([`SegmentManager::forget_departed`]); the agent on that host did
+//! the leave.
 
 use super::{Error, SegmentManager};
 use crate::docker::{
     self, SwarmSecrets,
-    swarm::{DockerTarget, NodeInfo, SwarmError},
+    swarm::{DockerTarget, ListedNode, NodeInfo, SwarmError},
 };
 use crate::model::{
-    SegmentRecord,
+    ClusterId, SegmentRecord,
     swarm::{SwarmMode, SwarmNode, SwarmRole, SwarmSpec},
 };
-use std::{net::SocketAddrV4, time::Duration};
+use std::{
+    net::{Ipv4Addr, SocketAddrV4},
+    sync::Arc,
+    time::{Duration, Instant},
+};
 use tracing::{info, warn};
 
 /// The longest a delete waits for its node to leave the swarm.
 const LEAVE_BUDGET: Duration = Duration::from_secs(25);
 /// How long a new manager may take before it hands out join tokens.
 const TOKENS_WAIT: Duration = Duration::from_secs(15);
+/// How long the agent waits for a dropped peer's node to go down before it
+/// leaves the node alone (its segment still runs somewhere).
+const DEPARTED_BUDGET: Duration = Duration::from_secs(120);
+/// How often it looks meanwhile.
+const DEPARTED_POLL: Duration = Duration::from_secs(2);
 
 impl SegmentManager {
     /// The agent's client of the segment's Docker (certificate and token).
@@ -237,18 +249,128 @@ impl SegmentManager {
     /// The other segments of the cluster on this host that are swarm
     /// managers.
     fn local_managers(&self, record: &SegmentRecord) -> Vec<SegmentRecord> {
+        self.cluster_managers(&record.request.cluster)
+            .into_iter()
+            .filter(|r| r.request.id != record.request.id)
+            .collect()
+    }
+
+    /// The segments of `cluster` on this host that are swarm managers.
+    fn cluster_managers(&self, cluster: &ClusterId) -> Vec<SegmentRecord> {
         self.registry
             .all()
             .into_iter()
             .map(|e| e.record)
             .filter(|r| {
-                r.request.id != record.request.id
-                    && r.request.cluster == record.request.cluster
+                &r.request.cluster == cluster
                     && r.swarm
                         .as_ref()
                         .is_some_and(|n| n.role == SwarmRole::Manager)
             })
             .collect()
+    }
+
+    /// The peers `dropped` from `cluster` were its segments on other hosts.
+    /// Docker keeps a departed node listed (`Down`) until a manager removes
+    /// it, and a departed manager stays in the raft, where it counts
+    /// against the quorum. So, in the background, for up to
+    /// [`DEPARTED_BUDGET`]: once a dropped address's node is down, a
+    /// manager of the cluster here demotes it if needed and removes it. A
+    /// node that stays up (its segment still runs: the peer was dropped
+    /// by mistake, or before the delete) is left alone; so is every node
+    /// at an address that was never a peer.
+    pub(crate) fn forget_departed(self: &Arc<Self>, cluster: &ClusterId, dropped: Vec<Ipv4Addr>) {
+        if dropped.is_empty() || self.cluster_managers(cluster).is_empty() {
+            return;
+        }
+        let (manager, cluster) = (self.clone(), cluster.clone());
+        tokio::spawn(async move {
+            let deadline = Instant::now() + DEPARTED_BUDGET;
+            let mut waiting = dropped;
+            loop {
+                waiting = manager.remove_down_nodes(&cluster, waiting).await;
+                if waiting.is_empty() {
+                    return;
+                }
+                if Instant::now() >= deadline {
+                    warn!(cluster_id = %cluster, addresses = ?waiting,
+                        "nodes of dropped peers are still up in the swarm; left in place");
+                    return;
+                }
+                tokio::time::sleep(DEPARTED_POLL).await;
+            }
+        });
+    }
+
+    /// One look through the first manager here that answers: removes the
+    /// nodes at `addresses` that are down; returns the addresses whose node
+    /// is still up (or that no manager here could be asked about, unless
+    /// the cluster has no manager here any more).
+    async fn remove_down_nodes(
+        &self,
+        cluster: &ClusterId,
+        addresses: Vec<Ipv4Addr>,
+    ) -> Vec<Ipv4Addr> {
+        let managers = self.cluster_managers(cluster);
+        if managers.is_empty() {
+            return Vec::new();
+        }
+        for record in managers {
+            let Ok(t) = self.docker_target(&record).await else {
+                continue;
+            };
+            let Ok(nodes) = self.swarm.nodes(&t).await else {
+                continue;
+            };
+            let mut waiting = Vec::new();
+            for address in addresses {
+                let listed: Vec<&ListedNode> = nodes
+                    .iter()
+                    .filter(|n| n.address == Some(address))
+                    .collect();
+                if listed.iter().any(|n| !n.down) {
+                    waiting.push(address);
+                    continue;
+                }
+                for node in listed {
+                    if !self.remove_departed(&t, cluster, address, node).await {
+                        waiting.push(address);
+                    }
+                }
+            }
+            waiting.dedup();
+            return waiting;
+        }
+        addresses
+    }
+
+    /// Demotes (a manager) and removes one departed node; whether it is gone.
+    async fn remove_departed(
+        &self,
+        t: &DockerTarget,
+        cluster: &ClusterId,
+        address: Ipv4Addr,
+        node: &ListedNode,
+    ) -> bool {
+        if node.manager
+            && let Err(e) = self.swarm.demote(t, &node.id).await
+        {
+            warn!(cluster_id = %cluster, %address, node_id = %node.id, error = %e,
+                "could not demote a departed manager");
+            return false;
+        }
+        match self.swarm.remove_node(t, &node.id).await {
+            Ok(()) | Err(SwarmError::Refused { status: 404, .. }) => {
+                info!(cluster_id = %cluster, %address, node_id = %node.id,
+                    "removed the node of a departed peer from the swarm");
+                true
+            }
+            Err(e) => {
+                warn!(cluster_id = %cluster, %address, node_id = %node.id, error = %e,
+                    "could not remove the node of a departed peer");
+                false
+            }
+        }
     }
 
     /// After a rebuild: a node that lost its swarm joins again with what

@@ -13,7 +13,7 @@ use std::{
     collections::BTreeMap,
     net::Ipv4Addr,
     path::{Path, PathBuf},
-    sync::Mutex,
+    sync::{Arc, Mutex},
 };
 use tracing::{error, info};
 
@@ -93,13 +93,16 @@ impl SegmentManager {
     /// bridge filter's rules for its segments here in line at once. Returns
     /// the peers as kept and how many of this host's segments belong to the
     /// cluster.
+    /// A node of the swarm at a dropped address is removed once it is down
+    /// ([`SegmentManager::forget_departed`]).
     pub async fn set_cluster_peers(
-        &self,
+        self: &Arc<Self>,
         cluster: ClusterId,
         addresses: &[String],
     ) -> Result<(Vec<Ipv4Addr>, u32), Error> {
         let peers = remote_peers(addresses, |ip| self.is_local_address(ip))?;
         let _one_at_a_time = self.cluster_peers.changing.lock().await;
+        let before = self.cluster_peers.of(&cluster);
         let (store, c, p) = (self.cluster_peers.clone(), cluster.clone(), peers.clone());
         let next = tokio::task::spawn_blocking(move || store.save(&c, p))
             .await
@@ -121,6 +124,8 @@ impl SegmentManager {
             .filter(|e| e.record.request.cluster == cluster)
             .count();
         info!(cluster_id = %cluster, peers = peers.len(), segments, "cluster peers set");
+        let dropped = before.into_iter().filter(|p| !peers.contains(p)).collect();
+        self.forget_departed(&cluster, dropped);
         Ok((peers, u32::try_from(segments).unwrap_or(u32::MAX)))
     }
 

@@ -4,7 +4,9 @@
 //! would.
 
 use async_trait::async_trait;
-use segment_agent::docker::swarm::{DockerTarget, JoinTokens, NodeInfo, SwarmApi, SwarmError};
+use segment_agent::docker::swarm::{
+    DockerTarget, JoinTokens, ListedNode, NodeInfo, SwarmApi, SwarmError,
+};
 use std::{
     collections::BTreeMap,
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
@@ -26,6 +28,7 @@ struct Node {
     id: String,
     address: Ipv4Addr,
     manager: bool,
+    down: bool,
 }
 
 #[derive(Default)]
@@ -63,7 +66,7 @@ impl FakeSwarm {
         }
     }
 
-    fn add(&self, t: &DockerTarget, address: Ipv4Addr, manager: bool) -> String {
+    fn add(&self, endpoint: SocketAddr, address: Ipv4Addr, manager: bool) -> String {
         let mut s = self.state.lock().unwrap();
         s.next += 1;
         let id = format!("node{:021}", s.next);
@@ -71,9 +74,23 @@ impl FakeSwarm {
             id: id.clone(),
             address,
             manager,
+            down: false,
         };
-        s.nodes.insert(t.endpoint, node);
+        s.nodes.insert(endpoint, node);
         id
+    }
+
+    /// A node joined from another host (no agent here knows it); its id.
+    pub fn add_remote(&self, address: Ipv4Addr, manager: bool) -> String {
+        self.add(SocketAddr::new(address.into(), 2376), address, manager)
+    }
+
+    /// The node at `address` stops answering: the managers list it down.
+    pub fn set_down(&self, address: Ipv4Addr) {
+        let mut s = self.state.lock().unwrap();
+        for n in s.nodes.values_mut().filter(|n| n.address == address) {
+            n.down = true;
+        }
     }
 }
 
@@ -113,7 +130,7 @@ impl SwarmApi for FakeSwarm {
 
     async fn init(&self, t: &DockerTarget, advertise: Ipv4Addr) -> Result<String, SwarmError> {
         self.record(format!("init {}", t.endpoint.ip()))?;
-        Ok(self.add(t, advertise, true))
+        Ok(self.add(t.endpoint, advertise, true))
     }
 
     async fn join(
@@ -137,8 +154,8 @@ impl SwarmApi for FakeSwarm {
             });
         }
         match token {
-            WORKER => self.add(t, advertise, false),
-            MANAGER => self.add(t, advertise, true),
+            WORKER => self.add(t.endpoint, advertise, false),
+            MANAGER => self.add(t.endpoint, advertise, true),
             _ => {
                 return Err(refused(
                     "A valid join token is necessary to join this cluster",
@@ -173,6 +190,22 @@ impl SwarmApi for FakeSwarm {
 
     async fn remove_node(&self, t: &DockerTarget, id: &str) -> Result<(), SwarmError> {
         self.record(format!("remove {} {id}", t.endpoint.ip()))?;
+        let mut s = self.state.lock().unwrap();
+        s.nodes.retain(|_, n| n.id != id);
         Ok(())
+    }
+
+    async fn nodes(&self, t: &DockerTarget) -> Result<Vec<ListedNode>, SwarmError> {
+        self.record(format!("nodes {}", t.endpoint.ip()))?;
+        let s = self.state.lock().unwrap();
+        Ok(s.nodes
+            .values()
+            .map(|n| ListedNode {
+                id: n.id.clone(),
+                address: Some(n.address),
+                manager: n.manager,
+                down: n.down,
+            })
+            .collect())
     }
 }

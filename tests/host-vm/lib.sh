@@ -61,6 +61,7 @@ create_dev() {
     local seg
     seg=$(rpc CreateSegment "{\"segment_id\":\"$1\",\"cluster_id\":\"vm\",\"image\":\"dev\",\"flavor\":{\"memory_mib\":${2:-0}}}")
     expect_eq "$(jq -r .state <<<"$seg")" SEGMENT_STATE_RUNNING "state of new segment $1"
+    remember_address "$1" "$seg"
     printf '%s\n' "$seg"
 }
 
@@ -93,10 +94,27 @@ create_docker() {
          + (if $swarm == null then {} else {swarm: $swarm} end)')
     seg=$(rpc CreateSegment "$req")
     expect_eq "$(jq -r .state <<<"$seg")" SEGMENT_STATE_RUNNING "state of new Docker segment $1"
+    remember_address "$1" "$seg"
     printf '%s\n' "$seg"
 }
 
-address_of() { rpc GetSegment "{\"segment_id\":\"$1\"}" | jq -r .publicIpv4; }
+# A segment keeps its address for its life; every create above writes it
+# down, so `dk` (hundreds of calls) does not ask the agent each time (a
+# grpcurl call is 0.7 s in the emulated VM, the docker CLI itself 0.4 s).
+remember_address() {
+    mkdir -p "$STATE/addresses"
+    jq -r .publicIpv4 <<<"$2" >"$STATE/addresses/$1"
+}
+address_of() {
+    local known=$STATE/addresses/$1 seg
+    if [ -s "$known" ]; then
+        cat "$known"
+        return
+    fi
+    seg=$(rpc GetSegment "{\"segment_id\":\"$1\"}")
+    remember_address "$1" "$seg"
+    jq -r .publicIpv4 <<<"$seg"
+}
 
 # The customer's docker CLI against segment ID over mutual TLS.
 dk() {

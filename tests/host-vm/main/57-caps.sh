@@ -15,6 +15,7 @@ io_weight=$(sed -n 's/^io_weight = //p' "$CONFIG")
 
 flavor='{"memory_mib":256,"vcpus":1,"disk_gib":1,"pids":128,"network_mbit":40}'
 seg=$(rpc CreateSegment "{\"segment_id\":\"cap-a\",\"cluster_id\":\"vm\",\"image\":\"dev\",\"flavor\":$flavor}")
+remember_address cap-a "$seg"
 expect_eq "$(jq -r .state <<<"$seg")" SEGMENT_STATE_RUNNING "state of cap-a"
 expect_eq "$(jq -c '.flavor | [.memoryMib, .vcpus, .diskGib, .pids, .networkMbit]' <<<"$seg")" \
     "[256,1,1,128,40]" "GetSegment's flavor of cap-a"

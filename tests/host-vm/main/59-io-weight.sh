@@ -1,20 +1,21 @@
 # Issue 10's disk I/O weight: the segments' disk (/dev/vdb, qemu
-# throttled to a finite rate like any real disk) runs BFQ, and libvirt puts
-# each segment's <blkiotune> weight (the agent's isolation.io_weight) in its
+# throttled to 24 MiB/s, below what this emulated CPU writes, so that the
+# disk is the bottleneck as a real one is) runs BFQ, and libvirt puts each
+# segment's <blkiotune> weight (the agent's isolation.io_weight) in its
 # scope's io.bfq.weight. Two segments write with O_DIRECT at once, for a
-# fixed time; their shares of what reached the disk are the figures (under
-# TCG the guest's CPU, not the disk, was the bottleneck in the last run: the
-# shares did not show the weights, so the bounds below are loose and the
-# weights' effect is not claimed; README "Disk I/O weight"):
+# fixed time; their shares of what reached the disk:
 #   1. equal weights, 4 writers in io-a against 1 in io-b: BFQ shares the
-#      disk by segment, not by writer (io-b near half);
-#   2. the same under mq-deadline (no cgroup weights): by writer (printed
-#      for contrast);
-#   3. io-b's weight raised to libvirt's most (blkiotune 1000, live), 1
-#      writer each: io-b's share near its share of the BFQ weights (libvirt
-#      goes through systemd, which maps 300 to BFQ's 118 and 1000 to 181).
-
-SECS=15
+#      disk by segment, not by writer (io-b well above its 20 % by writer);
+#   2. the same under mq-deadline (no cgroup weights): by writer (the
+#      contrast);
+#   3. io-b's weight raised to libvirt's most (blkiotune 1000, live), 4
+#      writers each (both segments always have requests waiting: with one
+#      writer each the shares stayed near half): io-b's share well above
+#      half, near its share of the BFQ weights (libvirt goes through
+#      systemd, which maps 300 to BFQ's 118 and 1000 to 181).
+# Measured (README "Disk I/O weight"): 36-42 % against mq-deadline's 20 %;
+# 61 % with weights 181:118 (60 % by weight).
+SECS=20
 seg_a=$(create_dev io-a 256)
 seg_b=$(create_dev io-b 256)
 cleanup() {
@@ -24,6 +25,13 @@ cleanup() {
 }
 trap cleanup EXIT
 expect_match "$(cat /sys/block/vdb/queue/scheduler)" '\[bfq\]' "the segments' disk runs BFQ"
+# BFQ keeps a sync queue's turn only while its next request comes within
+# slice_idle (8 ms); a writer in this emulated CPU takes longer between two
+# requests, so BFQ would hand the disk over at every request and the shares
+# would be by writer. The window is widened to what the emulated CPU needs,
+# as an operator tunes BFQ for a slow device (a switch of scheduler resets it).
+bfq_window() { echo "${BFQ_IDLE_US:-50000}" >/sys/block/vdb/queue/iosched/slice_idle_us; }
+bfq_window
 weight=$(sed -n 's/^io_weight = //p' "$CONFIG")
 bfq_weight() { awk '/^default/ {print $2}' "$(dirname "$(segment_cgroup "$1")")/io.bfq.weight"; }
 for id in io-a io-b; do
@@ -64,16 +72,18 @@ say "2. mq-deadline (no weights), 4 writers against 1:"
 plain=$(share 4 1)
 say "   io-b's share: $plain %"
 echo bfq >/sys/block/vdb/queue/scheduler
+bfq_window
 virsh -q -c lxc:/// blkiotune seg-io-b --weight 1000 --live >/dev/null
 wa=$(bfq_weight io-a) wb=$(bfq_weight io-b)
 ((wb > wa)) || fail "io-b's BFQ weight $wb after blkiotune --weight 1000 is not above io-a's $wa"
 expected=$((100 * wb / (wa + wb)))
-say "3. BFQ, io-b's weight raised (libvirt's 1000: BFQ $wb against $wa), 1 writer each:"
-weighted=$(share 1 1)
+say "3. BFQ, io-b's weight raised (libvirt's 1000: BFQ $wb against $wa), 4 writers each:"
+weighted=$(share 4 4)
 say "   io-b's share: $weighted % (by weight: $expected %)"
 
-((fair >= 35)) || fail "under BFQ a segment with 1 writer got $fair % against 4 writers of an equal weight (mq-deadline: $plain %)"
+((fair >= plain + 10 && fair >= 33)) ||
+    fail "under BFQ a segment with 1 writer got $fair % against 4 writers of an equal weight (mq-deadline, by writer: $plain %)"
 say "ok: BFQ shares the disk by segment: $fair % for 1 writer against 4 (mq-deadline: $plain %)"
-((weighted >= expected - 12 && weighted <= expected + 12)) ||
-    fail "with BFQ weights $wb : $wa io-b got $weighted % (by weight $expected %)"
-say "ok: io-b's share follows its weight: $weighted % (by weight $expected %)"
+((weighted >= 55 && weighted <= expected + 10)) ||
+    fail "with BFQ weights $wb : $wa io-b got $weighted % (by weight $expected %, equal 50 %)"
+say "ok: io-b's share follows its weight: $weighted % (by weight $expected %, equal 50 %)"
