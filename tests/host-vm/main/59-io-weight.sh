@@ -4,8 +4,10 @@
 # segment's <blkiotune> weight (the agent's isolation.io_weight) in its
 # scope's io.bfq.weight. Two segments write with O_DIRECT at once, for a
 # fixed time; their shares of what reached the disk:
-#   1. equal weights, 4 writers in io-a against 1 in io-b: BFQ shares the
-#      disk by segment, not by writer (io-b well above its 20 % by writer);
+#   1. equal weights, 6 writers in io-a against 3 in io-b: BFQ shares the
+#      disk by segment, not by writer (io-b near half, well above its 33 %
+#      by writer; with a single writer io-b's share depended on BFQ idling
+#      for it, which this emulated CPU makes erratic: 26-47 %);
 #   2. the same under mq-deadline (no cgroup weights): by writer (the
 #      contrast);
 #   3. io-b's weight raised to libvirt's most (blkiotune 1000, live), 4
@@ -13,8 +15,7 @@
 #      writer each the shares stayed near half): io-b's share well above
 #      half, near its share of the BFQ weights (libvirt goes through
 #      systemd, which maps 300 to BFQ's 118 and 1000 to 181).
-# Measured (README "Disk I/O weight"): 36-42 % against mq-deadline's 20 %;
-# 61 % with weights 181:118 (60 % by weight).
+# Measured: README "Disk I/O weight".
 SECS=20
 seg_a=$(create_dev io-a 256)
 seg_b=$(create_dev io-b 256)
@@ -64,12 +65,12 @@ share() {
     echo $((100 * b / (a + b)))
 }
 
-say "1. BFQ, equal weights ($weight), 4 writers against 1:"
-fair=$(share 4 1)
+say "1. BFQ, equal weights ($weight), 6 writers against 3:"
+fair=$(share 6 3)
 say "   io-b's share: $fair %"
 echo mq-deadline >/sys/block/vdb/queue/scheduler
-say "2. mq-deadline (no weights), 4 writers against 1:"
-plain=$(share 4 1)
+say "2. mq-deadline (no weights), 6 writers against 3:"
+plain=$(share 6 3)
 say "   io-b's share: $plain %"
 echo bfq >/sys/block/vdb/queue/scheduler
 bfq_window
@@ -81,9 +82,9 @@ say "3. BFQ, io-b's weight raised (libvirt's 1000: BFQ $wb against $wa), 4 write
 weighted=$(share 4 4)
 say "   io-b's share: $weighted % (by weight: $expected %)"
 
-((fair >= plain + 10 && fair >= 33)) ||
-    fail "under BFQ a segment with 1 writer got $fair % against 4 writers of an equal weight (mq-deadline, by writer: $plain %)"
-say "ok: BFQ shares the disk by segment: $fair % for 1 writer against 4 (mq-deadline: $plain %)"
+((fair >= plain + 6 && fair >= 40)) ||
+    fail "under BFQ a segment with 3 writers got $fair % against 6 writers of an equal weight (mq-deadline, by writer: $plain %)"
+say "ok: BFQ shares the disk by segment: $fair % for 3 writers against 6 (mq-deadline: $plain %)"
 ((weighted >= 55 && weighted <= expected + 10)) ||
     fail "with BFQ weights $wb : $wa io-b got $weighted % (by weight $expected %, equal 50 %)"
 say "ok: io-b's share follows its weight: $weighted % (by weight $expected %, equal 50 %)"
