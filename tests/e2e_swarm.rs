@@ -399,10 +399,12 @@ fn service_spreads_with_a_port_on_every_segment(manager: &DockerCli, ips: &[&str
     );
     let serve = "mkdir -p /www && echo swarm-web > /www/index.html && exec httpd -f -p 80 -h /www";
     // The routing mesh and VIPs are IPVS, which the kernel refuses in the
-    // segment's user namespace: refused up front, not left answering nowhere.
+    // segment's user namespace: refused up front, not left answering nowhere
+    // (the CLI looks the network up first: it must exist).
+    manager.ok(&words("network create -d overlay lbnet"));
     for (what, spec) in [
         ("the routing mesh", "--publish 8081:80"),
-        ("a VIP on a network", "--network ov"),
+        ("a VIP on a network", "--network lbnet"),
     ] {
         let refused = [
             words("service create --detach --name lb --no-resolve-image").as_slice(),
@@ -412,6 +414,7 @@ fn service_spreads_with_a_port_on_every_segment(manager: &DockerCli, ips: &[&str
         .concat();
         assert_refused(&manager.fails(&refused), "SEGMENT-1027", what);
     }
+    manager.ok(&words("network rm lbnet"));
     manager.ok(&[create.as_slice(), &[serve]].concat());
     let ps = words("service ps web --filter desired-state=running --format");
     let ps = [ps.as_slice(), &["{{.Node}} {{.CurrentState}}"]].concat();
