@@ -8,10 +8,12 @@ pub(crate) struct Agent {
     pub(crate) image: String,
     pub(crate) memory_mib: u32,
     pub(crate) tls: Option<ClusterTls>,
+    path: PathBuf,
 }
 
 impl Agent {
     pub(crate) async fn connect(path: PathBuf, image: String, memory_mib: u32) -> Result<Self> {
+        let socket = path.clone();
         let channel = Endpoint::try_from("http://localhost")?
             .connect_with_connector(tower::service_fn(move |_: Uri| {
                 let path = path.clone();
@@ -28,7 +30,17 @@ impl Agent {
             image,
             memory_mib,
             tls: None,
+            path: socket,
         })
+    }
+
+    /// The same agent over a connection of its own (a client that reads
+    /// while another creates, as a scheduler's watcher and its workers do).
+    pub(crate) async fn second_connection(&self) -> Result<Self> {
+        let mut other =
+            Self::connect(self.path.clone(), self.image.clone(), self.memory_mib).await?;
+        other.tls = self.tls.clone();
+        Ok(other)
     }
 
     /// CreateSegment; fails unless the segment is RUNNING.

@@ -239,7 +239,10 @@ pub(crate) async fn run(agent: &mut Agent, count: u32, rate: u32, seconds: u64) 
 
     eprintln!("agent reads during {count} concurrent creates");
     let (tx, rx) = tokio::sync::watch::channel(false);
-    let reads = agent_reads(agent, rate, Duration::from_secs(1), rx);
+    // The reads on a connection of their own: on the creates' connection
+    // they would queue behind its HTTP/2 stream limit in the client.
+    let reader = agent.second_connection().await?;
+    let reads = agent_reads(&reader, rate, Duration::from_secs(1), rx);
     let storm = async {
         let r = create_storm(agent, count).await;
         let _ = tx.send(true);
