@@ -288,6 +288,10 @@ impl SegmentManager {
             let deadline = Instant::now() + DEPARTED_BUDGET;
             let mut waiting = dropped;
             loop {
+                // A peer sent again meanwhile (the address is in use there
+                // once more) is the control plane's again: left alone.
+                let peers = manager.cluster_peers.of(&cluster);
+                waiting.retain(|a| !peers.contains(a));
                 waiting = manager.remove_down_nodes(&cluster, waiting).await;
                 if waiting.is_empty() {
                     return;
@@ -324,16 +328,10 @@ impl SegmentManager {
             };
             let mut waiting = Vec::new();
             for address in addresses {
-                let listed: Vec<&ListedNode> = nodes
-                    .iter()
-                    .filter(|n| n.address == Some(address))
-                    .collect();
-                if listed.iter().any(|n| !n.down) {
-                    waiting.push(address);
-                    continue;
-                }
-                for node in listed {
-                    if !self.remove_departed(&t, cluster, address, node).await {
+                // The down ones go; one still up keeps the address waiting
+                // (its segment still runs, or the address is used again).
+                for node in nodes.iter().filter(|n| n.address == Some(address)) {
+                    if !node.down || !self.remove_departed(&t, cluster, address, node).await {
                         waiting.push(address);
                     }
                 }
