@@ -64,6 +64,7 @@ pub fn settings(config: &Config) -> Result<Settings, ConfigError> {
         },
         cpu_period_us: config.lifecycle.cpu_period_us,
         stop_timeout: config.lifecycle.stop_timeout(),
+        concurrent_operations: config.lifecycle.operations_at_once(),
         confinement: Confinement::Off,
         filtering: Filtering::Off,
         docker: DockerSettings {

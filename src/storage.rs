@@ -134,6 +134,7 @@ pub trait SegmentStorage: Send + Sync + 'static {
         disk_bytes: u64,
     ) -> Result<SegmentDirs, StorageError>;
     /// The disk use and limit of the segment; `None` without a quota.
+    /// Called on the async runtime: see [`DiskQuota::usage`].
     fn disk_usage(&self, id: &SegmentId) -> Result<Option<DiskUsage>, StorageError>;
     /// Where the segment's directories are (no I/O).
     fn dirs(&self, id: &SegmentId) -> SegmentDirs;
@@ -172,8 +173,15 @@ impl OverlayStorage {
 }
 
 /// Whether something is mounted at `path` (binds of a directory of the
-/// same filesystem included: the kernel's mount table decides, not devices).
+/// same filesystem included: the kernel decides, not devices). `statx`
+/// says without the mount table; kernels before 5.8 read the table.
 pub fn is_mount_point(path: &Path) -> io::Result<bool> {
+    match segment_mount::is_mount_root(path) {
+        Ok(Some(root)) => return Ok(root),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        // A kernel before 5.8: the mount table says.
+        Ok(None) | Err(_) => {}
+    }
     let path = match std::fs::canonicalize(path) {
         Ok(p) => p,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),

@@ -193,6 +193,12 @@ pub struct LifecycleConfig {
     pub cpu_period_us: u64,
     /// Default wait for a graceful stop before it is forced.
     pub stop_timeout_seconds: u32,
+    /// Creates and deletes doing their work (filesystems, certificates,
+    /// define, start; destroy and removal) at once; more wait their turn,
+    /// already admitted (CreateSegment's address and id are taken at
+    /// once). Waiting for Docker to answer takes no turn. 0: one per CPU
+    /// of the host.
+    pub concurrent_operations: u32,
 }
 
 impl Default for LifecycleConfig {
@@ -200,11 +206,20 @@ impl Default for LifecycleConfig {
         Self {
             cpu_period_us: 100_000,
             stop_timeout_seconds: 30,
+            concurrent_operations: 0,
         }
     }
 }
 
 impl LifecycleConfig {
+    /// [`Self::concurrent_operations`], 0 resolved to the host's CPUs.
+    pub fn operations_at_once(&self) -> usize {
+        match self.concurrent_operations {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n as usize,
+        }
+    }
+
     /// The default stop timeout.
     pub fn stop_timeout(&self) -> Duration {
         Duration::from_secs(self.stop_timeout_seconds.into())

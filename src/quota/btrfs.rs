@@ -10,6 +10,7 @@
 //! `btrfs` command of btrfs-progs (a few per create and delete).
 
 use super::{DiskQuota, DiskUsage, QuotaError, remove_tree};
+use btrfs_ioctl::SUBVOLUME_ROOT_INO;
 use std::{
     collections::{BTreeMap, HashMap},
     os::unix::fs::MetadataExt,
@@ -18,23 +19,23 @@ use std::{
     sync::Mutex,
 };
 
-/// The inode number of every subvolume's root directory.
-const SUBVOLUME_ROOT_INO: u64 = 256;
-
 /// The real quota: btrfs subvolumes and simple-quota qgroups.
 #[derive(Debug)]
 pub struct BtrfsQuota {
     sysfs: PathBuf,
     btrfs: PathBuf,
-    mountinfo: PathBuf,
-    /// Subvolume ids by path: asked of `btrfs` once per segment, not at
+    /// Subvolume ids by path: asked of the kernel once per segment, not at
     /// every listing.
     ids: Mutex<HashMap<PathBuf, u64>>,
+    /// The sysfs qgroups directory by the directory holding the volumes
+    /// (the segments' directory): found once, so a reading of a segment's
+    /// use is two sysfs reads, cheap enough for the async runtime.
+    groups: Mutex<HashMap<PathBuf, PathBuf>>,
 }
 
 impl Default for BtrfsQuota {
     fn default() -> Self {
-        Self::new("/sys/fs/btrfs", "btrfs", "/proc/self/mountinfo")
+        Self::new("/sys/fs/btrfs", "btrfs")
     }
 }
 
@@ -47,23 +48,6 @@ fn on_btrfs(path: &Path) -> Result<bool, QuotaError> {
     let fs =
         nix::sys::statfs::statfs(path).map_err(|e| QuotaError::io("statfs", path)(e.into()))?;
     Ok(fs.filesystem_type() == nix::sys::statfs::BTRFS_SUPER_MAGIC)
-}
-
-/// The device of the btrfs mount holding `path`, from a mountinfo table:
-/// the source of the longest btrfs mount point that contains it.
-fn mount_source(mountinfo: &str, path: &Path) -> Option<String> {
-    mountinfo
-        .lines()
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split(' ').collect();
-            let point = Path::new(*fields.get(4)?);
-            let rest = &fields[fields.iter().position(|f| *f == "-")? + 1..];
-            (path.starts_with(point) && *rest.first()? == "btrfs")
-                .then(|| Some((point.as_os_str().len(), rest.get(1)?.to_string())))
-                .flatten()
-        })
-        .max_by_key(|(len, _)| *len)
-        .map(|(_, source)| source)
 }
 
 /// Parses `btrfs subvolume list -p`: id -> parent id.
@@ -102,18 +86,14 @@ fn read_u64(file: &Path) -> Result<u64, QuotaError> {
 }
 
 impl BtrfsQuota {
-    /// Uses the sysfs root `sysfs` (normally `/sys/fs/btrfs`), the `btrfs`
-    /// command `btrfs` and the mount table `mountinfo`.
-    pub fn new(
-        sysfs: impl Into<PathBuf>,
-        btrfs: impl Into<PathBuf>,
-        mountinfo: impl Into<PathBuf>,
-    ) -> Self {
+    /// Uses the sysfs root `sysfs` (normally `/sys/fs/btrfs`) and the
+    /// `btrfs` command `btrfs`.
+    pub fn new(sysfs: impl Into<PathBuf>, btrfs: impl Into<PathBuf>) -> Self {
         Self {
             sysfs: sysfs.into(),
             btrfs: btrfs.into(),
-            mountinfo: mountinfo.into(),
             ids: Mutex::default(),
+            groups: Mutex::default(),
         }
     }
 
@@ -140,22 +120,22 @@ impl BtrfsQuota {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// `/sys/fs/btrfs/UUID/qgroups` of the filesystem holding `path`.
+    /// `/sys/fs/btrfs/UUID/qgroups` of the filesystem holding `path`: its
+    /// fsid from the filesystem itself (an ioctl, no mount table).
     fn qgroups(&self, path: &Path) -> Result<PathBuf, QuotaError> {
-        let table = std::fs::read_to_string(&self.mountinfo)
-            .map_err(QuotaError::io("read", &self.mountinfo))?;
-        let canonical = std::fs::canonicalize(path).map_err(QuotaError::io("resolve", path))?;
-        let source = mount_source(&table, &canonical)
-            .ok_or_else(|| unsupported(format!("no btrfs mount holds {}", path.display())))?;
-        let device = Path::new(&source).file_name().unwrap_or_default();
-        let entries =
-            std::fs::read_dir(&self.sysfs).map_err(QuotaError::io("list", &self.sysfs))?;
-        entries
-            .flatten()
-            .map(|e| e.path())
-            .find(|fs| fs.join("devices").join(device).exists())
-            .map(|fs| fs.join("qgroups"))
-            .ok_or_else(|| unsupported(format!("{source} is not in {}", self.sysfs.display())))
+        if !on_btrfs(path)? {
+            return Err(unsupported(format!("{} is not on btrfs", path.display())));
+        }
+        let fsid = btrfs_ioctl::fsid(path).map_err(QuotaError::io("read the fsid of", path))?;
+        let dir = self.sysfs.join(fsid);
+        match dir.is_dir() {
+            true => Ok(dir.join("qgroups")),
+            false => Err(unsupported(format!(
+                "the btrfs holding {} is not in {}",
+                path.display(),
+                self.sysfs.display()
+            ))),
+        }
     }
 
     /// The id of the subvolume whose root directory is `path`, if it is one.
@@ -167,9 +147,8 @@ impl BtrfsQuota {
         if !meta.is_dir() || meta.ino() != SUBVOLUME_ROOT_INO || !on_btrfs(path)? {
             return Ok(None);
         }
-        let text = self.run(&["inspect-internal", "rootid"], Some(path))?;
-        let bad = |_| QuotaError::io("parse rootid of", path)(std::io::Error::other(text.clone()));
-        let id = text.trim().parse().map_err(bad)?;
+        let id = btrfs_ioctl::subvolume_of(path)
+            .map_err(QuotaError::io("look up the subvolume of", path))?;
         self.ids.lock().unwrap().insert(path.to_owned(), id);
         Ok(Some(id))
     }
@@ -309,11 +288,32 @@ impl DiskQuota for BtrfsQuota {
         let Some(id) = self.subvolume_id(path)? else {
             return Ok(None);
         };
-        let group = self.qgroups(path)?.join(format!("1_{id}"));
-        Ok(Some(DiskUsage {
-            used_bytes: read_u64(&group.join("referenced"))?,
-            limit_bytes: read_u64(&group.join("max_referenced"))?,
-        }))
+        let holder = path.parent().unwrap_or(path).to_owned();
+        let known = self.groups.lock().unwrap().get(&holder).cloned();
+        let qgroups = match known {
+            Some(q) => q,
+            None => {
+                let q = self.qgroups(path)?;
+                self.groups
+                    .lock()
+                    .unwrap()
+                    .insert(holder.clone(), q.clone());
+                q
+            }
+        };
+        let group = qgroups.join(format!("1_{id}"));
+        let read = || -> Result<DiskUsage, QuotaError> {
+            Ok(DiskUsage {
+                used_bytes: read_u64(&group.join("referenced"))?,
+                limit_bytes: read_u64(&group.join("max_referenced"))?,
+            })
+        };
+        read().map(Some).inspect_err(|_| {
+            // Looked up again at the next reading (a filesystem mounted
+            // anew there, a volume made again).
+            self.groups.lock().unwrap().remove(&holder);
+            self.ids.lock().unwrap().remove(path);
+        })
     }
 
     fn remove(&self, path: &Path) -> Result<(), QuotaError> {
@@ -342,20 +342,6 @@ mod tests {
         assert_eq!(parents.len(), 5);
         assert_eq!(delete_order(&parents, 256), vec![258, 257, 259, 256]);
         assert_eq!(delete_order(&parents, 260), vec![260]);
-    }
-
-    #[test]
-    fn the_longest_btrfs_mount_holding_a_path_names_its_device() {
-        let table = "22 1 254:0 / / rw - ext4 /dev/vda rw\n\
-                     30 22 0:40 / /var/lib/sa/segments rw shared:5 - btrfs /dev/loop3 rw\n\
-                     31 30 0:41 / /var/lib/sa/segments/x/rootfs rw - overlay overlay rw\n";
-        let at = |p: &str| mount_source(table, Path::new(p));
-        assert_eq!(at("/var/lib/sa/segments/x").as_deref(), Some("/dev/loop3"));
-        assert_eq!(
-            at("/var/lib/sa/segments/x/rootfs/etc").as_deref(),
-            Some("/dev/loop3")
-        );
-        assert_eq!(at("/var/lib/sa/images"), None);
     }
 
     #[test]

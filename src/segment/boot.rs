@@ -37,7 +37,7 @@ impl SegmentManager {
     /// Removes leftovers of stopped segments' cgroups, off the runtime.
     pub(crate) async fn sweep_cgroups(&self) {
         let cgroups = self.cgroups.clone();
-        let _ = tokio::task::spawn_blocking(move || cgroups.sweep_stopped()).await;
+        let _ = self.work.run(move || cgroups.sweep_stopped()).await;
     }
 
     /// The limits of a segment inside its domain's cgroup.
@@ -57,7 +57,8 @@ impl SegmentManager {
         let pid = self.blocking(move |hv| hv.init_pid(&name)).await?;
         let limits = self.limits(record, docker);
         let cgroups = self.cgroups.clone();
-        tokio::task::spawn_blocking(move || cgroups.take_in_hand(pid, &limits))
+        self.work
+            .run(move || cgroups.take_in_hand(pid, &limits))
             .await
             .map_err(|e| Error::Internal(format!("cgroup task: {e}")))?
             .map_err(|e| Error::Internal(format!("setting up the segment's cgroups: {e}")))

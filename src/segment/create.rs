@@ -60,6 +60,7 @@ impl SegmentManager {
         self.observer
             .create_step(CreateStep::Admission, started.elapsed());
         self.announce(&record.request.id).await;
+        let turn = self.operation_turn().await;
         let record = match self.provision(record.clone(), &image, ca.as_ref()).await {
             Ok(record) => record,
             Err(e) => {
@@ -69,6 +70,7 @@ impl SegmentManager {
                 return Err(e);
             }
         };
+        drop(turn);
         info!(address = %record.address, image = %image.name, "segment running");
         // Still PROVISIONING while Docker comes up: a reader never sees it
         // RUNNING and then FAILED.
@@ -148,9 +150,7 @@ impl SegmentManager {
         }
         let plugin = self.settings.docker.tools_dir.join(docker::AUTHZ_BINARY);
         let p = plugin.clone();
-        let installed = tokio::task::spawn_blocking(move || p.is_file())
-            .await
-            .unwrap_or(false);
+        let installed = self.work.run(move || p.is_file()).await.unwrap_or(false);
         if !installed {
             return Err(Error::FailedPrecondition(format!(
                 "the Docker policy plugin {} is not installed on this host; Docker segments are not \
@@ -246,16 +246,22 @@ impl SegmentManager {
         let (address, key_owner) = (record.address, Some(record.ids.host_first));
         let (dirs, ca) = (dirs.clone(), ca.clone());
         // Key generation and signing off the async runtime, like the writes.
-        tokio::task::spawn_blocking(move || {
-            let server = certs::issue_server_cert(&ca, address, &hostname, validity, now)
-                .map_err(|e| Error::Certificate("the Docker server certificate", e))?;
-            // As long-lived as the server certificate: both are renewed
-            // together by RebuildSegment, the only time the agent holds the
-            // CA key.
-            let client = certs::issue_client_cert_for(&ca, "segment-agent", validity, now)
-                .map_err(|e| Error::Certificate("the agent's client certificate", e))?;
-            let ca_pem = ca.canonical_cert_pem();
-            docker::write_agent_tls(&dirs.agent_tls, &ca_pem, &client.cert_pem, &client.key_pem)
+        self.work
+            .run(move || {
+                let server = certs::issue_server_cert(&ca, address, &hostname, validity, now)
+                    .map_err(|e| Error::Certificate("the Docker server certificate", e))?;
+                // As long-lived as the server certificate: both are renewed
+                // together by RebuildSegment, the only time the agent holds the
+                // CA key.
+                let client = certs::issue_client_cert_for(&ca, "segment-agent", validity, now)
+                    .map_err(|e| Error::Certificate("the agent's client certificate", e))?;
+                let ca_pem = ca.canonical_cert_pem();
+                docker::write_agent_tls(
+                    &dirs.agent_tls,
+                    &ca_pem,
+                    &client.cert_pem,
+                    &client.key_pem,
+                )
                 .and_then(|()| {
                     let token = segment_policy::agent_token::generate();
                     docker::write_agent_token(&dirs, &token, key_owner)
@@ -264,10 +270,10 @@ impl SegmentManager {
                     docker::write_config(&dirs.docker_config, &ca_pem, &server, key_owner)
                 })
                 .map_err(|e| Error::Internal(format!("writing Docker's configuration: {e}")))?;
-            Ok(server.not_after)
-        })
-        .await
-        .map_err(|e| Error::Internal(format!("certificate task: {e}")))?
+                Ok(server.not_after)
+            })
+            .await
+            .map_err(|e| Error::Internal(format!("certificate task: {e}")))?
     }
 
     /// The domain of a segment.
@@ -339,7 +345,8 @@ impl SegmentManager {
     /// The agent's TLS client for the segment's Docker.
     async fn agent_tls(&self, id: &SegmentId) -> Result<ProbeTls, ProbeError> {
         let dir = self.storage.dirs(id).agent_tls;
-        tokio::task::spawn_blocking(move || docker::read_agent_tls(&dir))
+        self.work
+            .run(move || docker::read_agent_tls(&dir))
             .await
             .map_err(|e| ProbeError(format!("reading the agent's TLS files: {e}")))?
     }

@@ -21,7 +21,9 @@ impl SegmentManager {
         if entry.record.desired != Desired::Deleted {
             self.leave_swarm(&entry.record).await;
         }
+        let turn = self.operation_turn().await;
         let result = self.remove_everything(entry.record).await;
+        drop(turn);
         match &result {
             Ok(()) => {
                 self.registry.remove(id);

@@ -47,19 +47,20 @@ impl SegmentManager {
         let dir = self.storage.dirs(&record.request.id).agent_tls;
         let endpoint =
             std::net::SocketAddr::from((record.address, segment_policy::front::DOCKER_TLS_PORT));
-        tokio::task::spawn_blocking(move || {
-            let tls = docker::read_agent_tls(&dir).map_err(|e| e.to_string())?;
-            let path = dir.join(segment_policy::agent_token::FILE);
-            let token =
-                std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-            Ok(DockerTarget {
-                endpoint,
-                tls,
-                token: token.trim().to_owned(),
+        self.work
+            .run(move || {
+                let tls = docker::read_agent_tls(&dir).map_err(|e| e.to_string())?;
+                let path = dir.join(segment_policy::agent_token::FILE);
+                let token = std::fs::read_to_string(&path)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                Ok(DockerTarget {
+                    endpoint,
+                    tls,
+                    token: token.trim().to_owned(),
+                })
             })
-        })
-        .await
-        .map_err(|e| format!("reading the agent's TLS files: {e}"))?
+            .await
+            .map_err(|e| format!("reading the agent's TLS files: {e}"))?
     }
 
     /// Makes the segment the swarm node `spec` asks for; returns the node
@@ -169,7 +170,8 @@ impl SegmentManager {
             worker_token: node.worker_token.clone(),
             manager_token: node.manager_token.clone(),
         };
-        tokio::task::spawn_blocking(move || docker::write_swarm_secrets(&dir, &secrets))
+        self.work
+            .run(move || docker::write_swarm_secrets(&dir, &secrets))
             .await
             .map_err(|e| Error::Internal(format!("swarm secrets task: {e}")))?
             .map_err(|e| Error::Internal(format!("writing the swarm's join tokens: {e}")))

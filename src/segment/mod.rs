@@ -23,6 +23,7 @@ pub mod recover;
 pub mod registry;
 pub mod state;
 pub mod view;
+pub mod work;
 
 pub use error::Error;
 pub use state::{Segment, SegmentState};
@@ -61,6 +62,8 @@ pub struct Settings {
     pub cpu_period_us: u64,
     /// Default graceful stop timeout.
     pub stop_timeout: Duration,
+    /// Creates and deletes doing their work at once (at least 1).
+    pub concurrent_operations: usize,
     /// How segments are confined.
     pub confinement: Confinement,
     /// Whether segment ports are filtered on the bridge.
@@ -243,12 +246,18 @@ pub struct SegmentManager {
     swarm: Arc<dyn crate::docker::swarm::SwarmApi>,
     view: view::View,
     cluster_peers: Arc<peers::ClusterPeers>,
+    /// Turns for the heavy part of creates and deletes
+    /// ([`Settings::concurrent_operations`]).
+    operations: tokio::sync::Semaphore,
+    /// Where the lifecycle's blocking calls run ([`work`]).
+    work: work::WorkPool,
 }
 
 impl SegmentManager {
     /// A manager with an empty registry; call [`SegmentManager::recover`]
     /// before serving.
     pub fn new(backends: Backends, registry: Registry, settings: Settings) -> Self {
+        let turns = settings.concurrent_operations.max(1);
         Self {
             hv: backends.hypervisor,
             storage: backends.storage,
@@ -265,6 +274,8 @@ impl SegmentManager {
             swarm: Arc::new(crate::docker::swarm::DockerSwarm),
             view: view::View::default(),
             cluster_peers: Arc::default(),
+            operations: tokio::sync::Semaphore::new(turns),
+            work: work::WorkPool::default(),
         }
     }
 
@@ -375,13 +386,27 @@ impl SegmentManager {
         Ok(segments)
     }
 
+    /// A turn for the heavy part of a create or delete: at most
+    /// [`Settings::concurrent_operations`] at once. Fifty at once on two
+    /// cores finish no sooner than four at a time, and meanwhile starve
+    /// the reads (each create's steps and processes compete with the API's
+    /// threads for the CPU and for the blocking pool's lock).
+    pub(crate) async fn operation_turn(&self) -> tokio::sync::SemaphorePermit<'_> {
+        self.operations
+            .acquire()
+            .await
+            .expect("the operations semaphore is never closed")
+    }
+
     /// Runs a hypervisor call off the async runtime.
     async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&dyn Hypervisor) -> Result<T, crate::hypervisor::HvError> + Send + 'static,
     ) -> Result<T, Error> {
         let hv = self.hv.clone();
-        let outcome = tokio::task::spawn_blocking(move || f(hv.as_ref()))
+        let outcome = self
+            .work
+            .run(move || f(hv.as_ref()))
             .await
             .map_err(|e| Error::Internal(format!("hypervisor task: {e}")))?
             .map_err(Error::from);
@@ -395,7 +420,8 @@ impl SegmentManager {
         name: &ImageName,
     ) -> Result<crate::images::Image, Error> {
         let (images, name) = (self.images.clone(), name.clone());
-        tokio::task::spawn_blocking(move || images.resolve(&name))
+        self.work
+            .run(move || images.resolve(&name))
             .await
             .map_err(|e| Error::Internal(format!("image task: {e}")))?
             .map_err(Error::from)
@@ -407,7 +433,8 @@ impl SegmentManager {
         f: impl FnOnce(&dyn SegmentStorage) -> Result<T, crate::storage::StorageError> + Send + 'static,
     ) -> Result<T, Error> {
         let storage = self.storage.clone();
-        tokio::task::spawn_blocking(move || f(storage.as_ref()))
+        self.work
+            .run(move || f(storage.as_ref()))
             .await
             .map_err(|e| Error::Internal(format!("storage task: {e}")))?
             .map_err(Error::from)

@@ -104,7 +104,9 @@ impl SegmentManager {
         let _one_at_a_time = self.cluster_peers.changing.lock().await;
         let before = self.cluster_peers.of(&cluster);
         let (store, c, p) = (self.cluster_peers.clone(), cluster.clone(), peers.clone());
-        let next = tokio::task::spawn_blocking(move || store.save(&c, p))
+        let next = self
+            .work
+            .run(move || store.save(&c, p))
             .await
             .map_err(|e| Error::Internal(format!("cluster peers task: {e}")))?
             .map_err(|e| Error::Internal(format!("writing {FILE}: {e}")))?;

@@ -133,7 +133,8 @@ impl SegmentManager {
         f: impl FnOnce(&dyn PortFilter) -> Result<(), FilterError> + Send + 'static,
     ) -> Result<(), FilterError> {
         let filter = self.filter.clone();
-        tokio::task::spawn_blocking(move || f(filter.as_ref()))
+        self.work
+            .run(move || f(filter.as_ref()))
             .await
             .map_err(|e| FilterError::Other(format!("filter task: {e}")))?
     }

@@ -45,7 +45,8 @@ impl SegmentManager {
         self.persist(record.clone()).await?;
         let name = id.domain_name();
         let init = self.blocking(move |hv| hv.init_pid(&name)).await?;
-        tokio::task::spawn_blocking(move || docker::request_restart(init))
+        self.work
+            .run(move || docker::request_restart(init))
             .await
             .map_err(|e| Error::Internal(format!("signal task: {e}")))?
             .map_err(|e| Error::Internal(format!("asking the segment to restart Docker: {e}")))?;

@@ -124,15 +124,17 @@ impl SegmentManager {
     /// The disk use of each segment of `ids` (`None` where unknown: a
     /// failed read is logged, never an error of the listing), at most
     /// [`DISK_TTL`] old: one reader reads a segment's qgroup per period.
+    ///
+    /// Read on the async runtime, not the blocking pool: a reading is two
+    /// sysfs files ([`crate::quota::DiskQuota::usage`]), and during a storm
+    /// of creates a read queued behind the blocking pool's own lock (taken
+    /// by every create step that goes there) for up to 100 ms.
     pub(crate) async fn disk_usage(&self, ids: Vec<SegmentId>) -> Vec<Option<DiskUsage>> {
         let claim = self.view.claim_disk(&ids, Instant::now());
         if claim.unread.is_empty() {
             return claim.known.into_iter().flatten().collect();
         }
-        let (storage, unread) = (self.storage.clone(), claim.unread);
-        let read = tokio::task::spawn_blocking(move || read_disk(storage.as_ref(), unread))
-            .await
-            .unwrap_or_default();
+        let read = read_disk(self.storage.as_ref(), claim.unread);
         self.view.store_disk(&read);
         let mut fresh: HashMap<SegmentId, Option<DiskUsage>> = read.into_iter().collect();
         ids.iter()

@@ -2,10 +2,11 @@
 //! idmapped mounts (`MOUNT_ATTR_IDMAP`, kernel 5.12+; as an overlayfs lower
 //! layer, 5.19+) and `MOUNT_ATTR_NOSYMFOLLOW` (5.10+).
 //!
-//! This crate is the agent's only `unsafe` code: the raw `open_tree`,
+//! This crate holds the agent's `unsafe` mount calls: the raw `open_tree`,
 //! `mount_setattr` and `move_mount` system calls (neither `nix` nor `rustix`
-//! wraps `mount_setattr`), and the `fork` that makes a user namespace to
-//! carry an id mapping. Every call is checked; nothing else is done here.
+//! wraps `mount_setattr`), the `fork` that makes a user namespace to carry
+//! an id mapping, and the `statx` that tells a mount's root
+//! ([`is_mount_root`]). Every call is checked; nothing else is done here.
 //!
 //! How a mapping becomes a mount attribute: the kernel takes the mapping of
 //! a user namespace, so [`bind`] forks a child that only unshares its user
@@ -74,6 +75,23 @@ fn check(ret: libc::c_long) -> io::Result<libc::c_long> {
     } else {
         Ok(ret)
     }
+}
+
+/// Whether `path` (symlinks followed) is the root of a mount in this mount
+/// namespace, from `statx`'s `STATX_ATTR_MOUNT_ROOT` (kernel 5.8+): no read
+/// of the mount table, which takes the kernel's global mount lock and
+/// grows with every mount. `Ok(None)` where the kernel does not say;
+/// `Err(NotFound)` where `path` does not exist.
+pub fn is_mount_root(path: &Path) -> io::Result<Option<bool>> {
+    let c = cstr(path)?;
+    // SAFETY: all-zero is a valid `statx` (plain integers).
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path and `stx` a `statx` the kernel
+    // fills; the call is checked.
+    let ret = unsafe { libc::statx(libc::AT_FDCWD, c.as_ptr(), 0, 0, &mut stx) };
+    check(ret.into())?;
+    let bit = libc::STATX_ATTR_MOUNT_ROOT as u64;
+    Ok((stx.stx_attributes_mask & bit != 0).then_some(stx.stx_attributes & bit != 0))
 }
 
 /// Bind-mounts `source` on `target` (both directories) with `options`; the
@@ -211,6 +229,14 @@ mod tests {
         let c = cstr(p).unwrap();
         // SAFETY: a valid path.
         assert_eq!(unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) }, 0);
+    }
+
+    #[test]
+    fn mount_roots_are_told_from_plain_directories() {
+        assert_eq!(is_mount_root(Path::new("/proc")).unwrap(), Some(true));
+        assert_eq!(is_mount_root(Path::new("/proc/self")).unwrap(), Some(false));
+        let e = is_mount_root(Path::new("/proc/no-such-file")).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
     }
 
     /// Needs root, as every machine of this project runs its tests.
