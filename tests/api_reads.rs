@@ -158,8 +158,19 @@ async fn a_lost_event_is_caught_by_the_reconcile() {
     assert_eq!(state(&mut a, "lost").await, SegmentState::Running);
     // libvirtd away and back: what happened meanwhile is listed again.
     a.hv.set_down(true);
-    let e = a.client.get_host(GetHostRequest {}).await.unwrap_err();
-    assert_eq!(e.code(), Code::Unavailable);
+    // The agent learns it from the connection's close event, on its own
+    // task: a moment later, not within this call.
+    let t = Instant::now();
+    loop {
+        match a.client.get_host(GetHostRequest {}).await {
+            Err(e) => {
+                assert_eq!(e.code(), Code::Unavailable);
+                break;
+            }
+            Ok(_) => assert!(t.elapsed() < Duration::from_secs(1), "still reachable"),
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     a.hv.crash("seg-lost");
     a.hv.set_down(false);
     shows(
@@ -170,4 +181,61 @@ async fn a_lost_event_is_caught_by_the_reconcile() {
     )
     .await;
     a.client.get_host(GetHostRequest {}).await.unwrap();
+}
+
+/// Creates beyond `lifecycle.concurrent_operations` wait their turn, but
+/// admitted: their id and address are taken and readers see them
+/// PROVISIONING at once; each then runs in its turn.
+#[tokio::test(flavor = "multi_thread")]
+async fn creates_take_turns_already_admitted() {
+    let mut a = FakeAgent::start("[lifecycle]\nconcurrent_operations = 2\n").await;
+    a.hv.slow_on("define", Duration::from_millis(400));
+    let mut storm = tokio::task::JoinSet::new();
+    for i in 0..6 {
+        let mut c = a.client.clone();
+        storm.spawn(async move {
+            c.create_segment(common::small_req(&format!("t{i}"), "c1"))
+                .await
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // All six admitted, each with an address of its own.
+    let listed = a
+        .client
+        .list_segments(ListSegmentsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .segments;
+    assert_eq!(listed.len(), 6, "{listed:?}");
+    assert!(
+        listed
+            .iter()
+            .all(|s| s.state() == SegmentState::Provisioning),
+        "{listed:?}"
+    );
+    let mut addresses: Vec<&str> = listed.iter().map(|s| s.public_ipv4.as_str()).collect();
+    addresses.sort();
+    addresses.dedup();
+    assert_eq!(addresses.len(), 6, "{addresses:?}");
+    while let Some(done) = storm.join_next().await {
+        assert_eq!(
+            done.unwrap().unwrap().into_inner().state(),
+            SegmentState::Running
+        );
+    }
+    // Two turns: a create holds its turn from its define to its boot's
+    // last libvirt call (init_pid), so at no point in libvirt's log are
+    // more than two between the two (with six turns: six). The fake logs
+    // a define when its sleep is over, so two overlapping may log as one.
+    let (mut under_way, mut most) = (0i32, 0);
+    for call in a.hv.calls() {
+        match call.split(' ').next() {
+            Some("define") => under_way += 1,
+            Some("init_pid") => under_way -= 1,
+            _ => {}
+        }
+        most = most.max(under_way);
+    }
+    assert!((1..=2).contains(&most), "{most}: {:?}", a.hv.calls());
 }
