@@ -28,6 +28,22 @@ async fn state(a: &mut FakeAgent, id: &str) -> SegmentState {
         .state()
 }
 
+/// `n` CreateSegment calls at once, ids `PREFIX0`...
+fn storm(
+    a: &FakeAgent,
+    prefix: &str,
+    n: usize,
+) -> tokio::task::JoinSet<
+    Result<tonic::Response<segment_agent::proto::agent::Segment>, tonic::Status>,
+> {
+    let mut storm = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let (mut c, id) = (a.client.clone(), format!("{prefix}{i}"));
+        storm.spawn(async move { c.create_segment(common::small_req(&id, "c1")).await });
+    }
+    storm
+}
+
 /// Waits until `id` shows `want` (at most `within`); returns how long.
 async fn shows(a: &mut FakeAgent, id: &str, want: SegmentState, within: Duration) -> Duration {
     let t = Instant::now();
@@ -43,20 +59,15 @@ async fn shows(a: &mut FakeAgent, id: &str, want: SegmentState, within: Duration
 
 #[tokio::test(flavor = "multi_thread")]
 async fn reads_do_not_wait_behind_mutating_libvirt_calls() {
-    let mut a = FakeAgent::start("").await;
+    // Ten creates at once (not the default one per CPU), so that libvirt's
+    // connection is what they queue on.
+    let mut a = FakeAgent::start("[lifecycle]\nconcurrent_operations = 10\n").await;
     a.create("quiet", "c1").await;
     // libvirtd serves 5 requests per connection at once; 10 creates whose
     // define takes a second keep every slot busy for two seconds.
     a.hv.limit_requests(5);
     a.hv.slow_on("define", Duration::from_secs(1));
-    let mut storm = tokio::task::JoinSet::new();
-    for i in 0..10 {
-        let mut c = a.client.clone();
-        storm.spawn(async move {
-            c.create_segment(common::small_req(&format!("s{i}"), "c1"))
-                .await
-        });
-    }
+    let mut storm = storm(&a, "s", 10);
     tokio::time::sleep(Duration::from_millis(200)).await;
     let calls = a.hv.calls().len();
     let mut worst = Duration::ZERO;
@@ -190,14 +201,7 @@ async fn a_lost_event_is_caught_by_the_reconcile() {
 async fn creates_take_turns_already_admitted() {
     let mut a = FakeAgent::start("[lifecycle]\nconcurrent_operations = 2\n").await;
     a.hv.slow_on("define", Duration::from_millis(400));
-    let mut storm = tokio::task::JoinSet::new();
-    for i in 0..6 {
-        let mut c = a.client.clone();
-        storm.spawn(async move {
-            c.create_segment(common::small_req(&format!("t{i}"), "c1"))
-                .await
-        });
-    }
+    let mut storm = storm(&a, "t", 6);
     tokio::time::sleep(Duration::from_millis(200)).await;
     // All six admitted, each with an address of its own.
     let listed = a

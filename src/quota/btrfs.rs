@@ -143,7 +143,10 @@ impl BtrfsQuota {
         if let Some(&id) = self.ids.lock().unwrap().get(path) {
             return Ok(Some(id));
         }
-        let meta = std::fs::symlink_metadata(path).map_err(QuotaError::io("stat", path))?;
+        let meta = match std::fs::symlink_metadata(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            other => other.map_err(QuotaError::io("stat", path))?,
+        };
         if !meta.is_dir() || meta.ino() != SUBVOLUME_ROOT_INO || !on_btrfs(path)? {
             return Ok(None);
         }

@@ -75,9 +75,10 @@ pub trait DiskQuota: Send + Sync + std::fmt::Debug + 'static {
     /// Makes `path` a volume limited to `limit_bytes`; on an existing
     /// volume only sets the limit (idempotent).
     fn create(&self, path: &Path, limit_bytes: u64) -> Result<(), QuotaError>;
-    /// The volume's use and limit; `None` for a plain directory. Called on
-    /// the async runtime (GetSegment, ListSegments): a few reads of kernel
-    /// counters, never a process or a wait on the disk.
+    /// The volume's use and limit; `None` for a plain directory or none at
+    /// all. Called on the async runtime (GetSegment, ListSegments): once a
+    /// volume is known, a few reads of kernel counters and no path lookup
+    /// under the volumes' directory; never a process.
     fn usage(&self, path: &Path) -> Result<Option<DiskUsage>, QuotaError>;
     /// Removes the volume, everything in it and its quota bookkeeping;
     /// a plain directory is removed too. Idempotent.
